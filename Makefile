@@ -1,0 +1,41 @@
+# fairseq-lslo.  `make test` and `make demo` set everything up themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+# The torch requirement installed before anything else.  On a CPU machine with the
+# pinned wheel on disk this takes it (no CUDA packages); on a GPU cluster override it,
+# e.g. make install TORCH_SPEC="torch==2.5.1 --index-url https://download.pytorch.org/whl/cu121"
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.lslo-installed
+PYTEST_ARGS ?=
+
+.PHONY: install test demo bench clean help
+
+help:
+	@echo "make demo     run the main job on the embedded synthetic benchmark (CPU, minutes)"
+	@echo "make test     run the test suite (installs first if needed)"
+	@echo "make install  create $(VENV) with torch, fairseq and this package (editable)"
+	@echo "make bench    speed/memory benchmarks -> results/bench/bench.json"
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -c "import torch, fairseq, fairseq_lslo; print('torch', torch.__version__, '| fairseq', fairseq.__version__)"
+	touch $@
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+demo: install
+	@echo "make demo: not implemented yet (tracked in issue 6)" >&2; exit 1
+
+bench: install
+	@echo "make bench: not implemented yet (tracked in issue 7)" >&2; exit 1
+
+clean:
+	rm -rf $(VENV) results build *.egg-info

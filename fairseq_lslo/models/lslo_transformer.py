@@ -1,0 +1,342 @@
+"""``lslo_transformer``: fairseq's TransformerModel with language-routed LSLo adapters.
+
+The encoder/decoder layers are fairseq's own; only the linear maps named by
+``--lslo-{encoder,decoder}-positions`` are replaced by :class:`LSLoLinear` wrappers that
+share the original weights.  Everything that is not LSLo is frozen.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Optional
+
+import torch
+from torch import Tensor
+
+from fairseq.models import register_model, register_model_architecture
+from fairseq.models.transformer import (
+    TransformerConfig,
+    TransformerDecoderBase,
+    TransformerEncoderBase,
+    TransformerModel,
+    base_architecture,
+)
+
+from ..languages import LSLoConfigError, language_token_ids, optional_index
+from ..modules.lslo_linear import LSLoLinear, is_lslo_key
+from ..modules.placement import DECODER_POSITIONS, ENCODER_POSITIONS, ROUTES
+from ..modules.routing import BatchLanguages, LanguageResolver, LanguageRouter
+from ..modules.spec import LSLoSpec
+
+logger = logging.getLogger(__name__)
+
+CONFIG_KEY = "lslo_config"
+
+
+class LSLoTransformerEncoder(TransformerEncoderBase):
+    """Resolves each sample's languages, routes its LSLo layers, and passes the ids on."""
+
+    lslo_languages: LanguageResolver
+    lslo_router: LanguageRouter
+
+    def forward(
+        self,
+        src_tokens: Tensor,
+        src_lengths: Optional[Tensor] = None,
+        return_all_hiddens: bool = False,
+        token_embeddings: Optional[Tensor] = None,
+        lslo_src_lang: Optional[Tensor] = None,
+        lslo_tgt_lang: Optional[Tensor] = None,
+    ):
+        langs = self.lslo_languages.resolve(src_tokens, src_given=lslo_src_lang, tgt_given=lslo_tgt_lang)
+        self.lslo_router.set(langs)
+        encoder_out = super().forward(src_tokens, src_lengths, return_all_hiddens, token_embeddings)
+        encoder_out.update(langs.to_encoder_out())
+        return encoder_out
+
+    def reorder_encoder_out(self, encoder_out: Dict[str, List[Tensor]], new_order: Tensor):
+        new = super().reorder_encoder_out(encoder_out, new_order)
+        BatchLanguages.reorder_encoder_out(encoder_out, new, new_order)
+        return new
+
+
+class LSLoTransformerDecoder(TransformerDecoderBase):
+    """Routes its LSLo layers by the languages the encoder stored in ``encoder_out``."""
+
+    lslo_router: LanguageRouter
+
+    def extract_features(self, prev_output_tokens, encoder_out=None, incremental_state=None, **kwargs):
+        self.lslo_router.set(BatchLanguages.from_encoder_out(encoder_out))
+        return super().extract_features(prev_output_tokens, encoder_out, incremental_state, **kwargs)
+
+
+@register_model("lslo_transformer")
+class LSLoTransformerModel(TransformerModel):
+    """Transformer with one low-rank adapter per language in the chosen linear maps."""
+
+    @classmethod
+    def add_args(cls, parser):
+        super().add_args(parser)
+        group = parser  # fairseq's model-specific group (argument_default=SUPPRESS)
+        group.add_argument("--lslo-langs", metavar="SPEC",
+                           help="language inventory and resource groups: en:high,fr:high,wo:low, or a TSV "
+                                "file with code<TAB>group (or code<TAB>flores_code<TAB>group) rows")
+        group.add_argument("--lslo-rank", metavar="SPEC",
+                           help="rank per resource group, e.g. high:2,medium:2,low:8, or one rank for all "
+                                "(default: 2)")
+        group.add_argument("--lslo-alpha", type=float, metavar="A",
+                           help="LoRA scaling numerator: the adapter output is scaled by alpha/r (default: 1.0)")
+        group.add_argument("--lslo-shared-rank", type=int, metavar="R",
+                           help="rank of the single adapter of 'shared' layers (default: sum of the "
+                                "language ranks, i.e. as many parameters as the LSLo layer)")
+        group.add_argument("--lslo-encoder-positions", metavar="LIST",
+                           help=f"encoder linear maps that get LSLo: subset of {','.join(ENCODER_POSITIONS)}, "
+                                "'all' or 'none' (default: fc1,fc2)")
+        group.add_argument("--lslo-decoder-positions", metavar="LIST",
+                           help=f"decoder linear maps that get LSLo: subset of {','.join(DECODER_POSITIONS)}, "
+                                "'all' or 'none' (default: fc1,fc2)")
+        group.add_argument("--lslo-encoder-routing", metavar="SPEC",
+                           help=f"per-layer routing of the encoder, values {'/'.join(ROUTES)} with X*N "
+                                "repeats, e.g. src*9,tgt*3; 'learn' for architecture search (default: "
+                                "first 3/4 of the layers src, the rest tgt)")
+        group.add_argument("--lslo-decoder-routing", metavar="SPEC",
+                           help="per-layer routing of the decoder, e.g. tgt*12 (default: tgt in every layer)")
+
+    @classmethod
+    def build_model(cls, args, task):
+        lslo_base_architecture(args)
+        spec = LSLoSpec.from_args(args, args.encoder_layers, args.decoder_layers)
+        resolver = build_resolver(spec, task)  # checks languages and langtok flags before the big build
+        model = super().build_model(args, task)
+        model.install_lslo(spec, resolver)
+        return model
+
+    @classmethod
+    def build_encoder(cls, args, src_dict, embed_tokens):
+        return LSLoTransformerEncoder(TransformerConfig.from_namespace(args), src_dict, embed_tokens)
+
+    @classmethod
+    def build_decoder(cls, args, tgt_dict, embed_tokens):
+        cfg = TransformerConfig.from_namespace(args)
+        return LSLoTransformerDecoder(cfg, tgt_dict, embed_tokens, no_encoder_attn=cfg.no_cross_attention)
+
+    # --- LSLo installation --------------------------------------------------------------
+    def install_lslo(self, spec: LSLoSpec, resolver: LanguageResolver) -> None:
+        """Wrap the configured linear maps, freeze the rest, and record the configuration."""
+        self.lslo_spec = spec
+        router = LanguageRouter()
+        self.encoder.lslo_languages = resolver
+        self.encoder.lslo_router = router
+        self.decoder.lslo_router = router
+        for side, table in (("encoder", ENCODER_POSITIONS), ("decoder", DECODER_POSITIONS)):
+            side_spec = getattr(spec, side)
+            for layer, route in zip(getattr(self, side).layers, side_spec.routing):
+                if route == "none":
+                    continue
+                for position in side_spec.positions:
+                    parent_path, _, attr = table[position].rpartition(".")
+                    parent = layer.get_submodule(parent_path) if parent_path else layer
+                    base = getattr(parent, attr)
+                    kinds = ["src", "tgt"] if route == "learn" else [route]
+                    banks = {k: spec.build_bank(k, base.in_features, base.out_features) for k in kinds}
+                    banks = {k: b.to(base.weight.device) for k, b in banks.items()}
+                    setattr(parent, attr, LSLoLinear(base, route, banks, router))
+                    if parent_path.endswith("attn"):
+                        # fairseq's fused attention path reads q/k/v/out weights directly and
+                        # would bypass the adapters; its own switch selects the module path
+                        parent._set_skip_embed_dim_check()
+        for name, p in self.named_parameters():
+            p.requires_grad = is_lslo_key(name)
+        self.register_buffer(CONFIG_KEY, spec.to_tensor())
+        log_parameter_counts(self)
+
+    def lslo_modules(self) -> Dict[str, LSLoLinear]:
+        return {n: m for n, m in self.named_modules() if isinstance(m, LSLoLinear)}
+
+    def language_ids(self, codes: List[str], device=None) -> Tensor:
+        """Inventory ids for language codes, e.g. to pass ``lslo_tgt_lang`` in net_input."""
+        inv = self.lslo_spec.inventory
+        return torch.tensor([inv.index(c) for c in codes], dtype=torch.long, device=device)
+
+    # --- forward ----------------------------------------------------------------------
+    def forward(
+        self,
+        src_tokens,
+        src_lengths,
+        prev_output_tokens,
+        return_all_hiddens: bool = True,
+        features_only: bool = False,
+        alignment_layer: Optional[int] = None,
+        alignment_heads: Optional[int] = None,
+        lslo_src_lang: Optional[Tensor] = None,
+        lslo_tgt_lang: Optional[Tensor] = None,
+    ):
+        # in training and validation the target language is in prev_output_tokens; the
+        # encoder needs it too (target-routed encoder layers)
+        if lslo_tgt_lang is None:
+            lslo_tgt_lang = self.encoder.lslo_languages.target_ids(
+                src_tokens.size(0), src_tokens.device, prev_output_tokens
+            )
+        encoder_out = self.encoder(
+            src_tokens,
+            src_lengths=src_lengths,
+            return_all_hiddens=return_all_hiddens,
+            lslo_src_lang=lslo_src_lang,
+            lslo_tgt_lang=lslo_tgt_lang,
+        )
+        return self.decoder(
+            prev_output_tokens,
+            encoder_out=encoder_out,
+            features_only=features_only,
+            alignment_layer=alignment_layer,
+            alignment_heads=alignment_heads,
+            src_lengths=src_lengths,
+            return_all_hiddens=return_all_hiddens,
+        )
+
+    # --- loading ----------------------------------------------------------------------
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        """Load a plain transformer checkpoint (LSLo weights may be missing) or an LSLo one.
+
+        A checkpoint with any LSLo key must match this model's LSLo configuration exactly;
+        every base weight must be present; anything else mismatched is an error naming keys.
+        """
+        if CONFIG_KEY in state_dict:
+            theirs = LSLoSpec.from_tensor(state_dict[CONFIG_KEY])
+            diffs = self.lslo_spec.differences(theirs)
+            if diffs:
+                raise LSLoConfigError(
+                    "the checkpoint's LSLo configuration differs from the command line (flags vs "
+                    "checkpoint): " + "; ".join(diffs)
+                )
+        has_lslo = any(is_lslo_key(k) for k in state_dict)
+        result = super().load_state_dict(state_dict, strict=False, model_cfg=model_cfg, args=args)
+        missing = [k for k in result.missing_keys if has_lslo or not is_lslo_key(k)]
+        unexpected = list(result.unexpected_keys)
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append(f"missing from the checkpoint: {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
+            if unexpected:
+                parts.append(f"not in the model: {', '.join(unexpected[:8])}" + (" ..." if len(unexpected) > 8 else ""))
+            raise RuntimeError("checkpoint does not fit the lslo_transformer model: " + "; ".join(parts))
+        return result
+
+
+def build_resolver(spec: LSLoSpec, task) -> LanguageResolver:
+    """Check the task's languages and langtok flags against the spec; map tokens to ids."""
+    inventory = spec.inventory
+    targs = getattr(task, "args", None)
+    lang_pairs = getattr(task, "lang_pairs", None) or getattr(targs, "lang_pairs", None) or []
+    if isinstance(lang_pairs, str):
+        lang_pairs = lang_pairs.split(",")
+    for pair in lang_pairs:
+        for code in pair.split("-"):
+            if code not in inventory:
+                raise LSLoConfigError(
+                    f"language {code!r} of --lang-pairs is not in --lslo-langs ({inventory.to_spec()}); "
+                    f"add it as {code}:GROUP"
+                )
+    multilingual = hasattr(targs, "encoder_langtok")
+    src_from_tokens = multilingual and getattr(targs, "encoder_langtok", None) == "src"
+    tgt_from_tokens = multilingual and bool(getattr(targs, "decoder_langtok", False))
+    if multilingual and spec.needs_src and not src_from_tokens:
+        raise LSLoConfigError(
+            "LSLo routes some layers by the source language, read from the source language token: "
+            "add --encoder-langtok src"
+        )
+    if multilingual and spec.needs_tgt and not tgt_from_tokens:
+        raise LSLoConfigError(
+            "LSLo routes some layers by the target language, read from the target language token: "
+            "add --decoder-langtok"
+        )
+    source_code = getattr(targs, "source_lang", None)
+    target_code = getattr(targs, "target_lang", None)
+    for flag, code in (("--source-lang", source_code), ("--target-lang", target_code)):
+        if code is not None and code not in inventory:
+            raise LSLoConfigError(f"language {code!r} of {flag} is not in --lslo-langs ({inventory.to_spec()})")
+    if not multilingual:
+        if spec.needs_src and source_code is None:
+            raise LSLoConfigError("LSLo needs the source language: pass --source-lang (or use a multilingual task)")
+        if spec.needs_tgt and target_code is None:
+            raise LSLoConfigError("LSLo needs the target language: pass --target-lang (or use a multilingual task)")
+    dictionary = task.source_dictionary
+    token_ids = None
+    if multilingual:
+        token_ids = language_token_ids(inventory, dictionary, getattr(targs, "lang_tok_style", "multilingual"))
+    return LanguageResolver(
+        codes=inventory.codes,
+        token_ids=token_ids,
+        vocab_size=len(dictionary),
+        pad=dictionary.pad(),
+        needs_src=spec.needs_src,
+        needs_tgt=spec.needs_tgt,
+        src_from_tokens=src_from_tokens,
+        tgt_from_tokens=tgt_from_tokens,
+        default_src=optional_index(inventory, source_code),
+        default_tgt=optional_index(inventory, target_code),
+    )
+
+
+def log_parameter_counts(model: LSLoTransformerModel) -> None:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info(
+        "LSLo: %s trainable parameters of %s (%.3f%%); languages %s; encoder %s; decoder %s",
+        f"{trainable:,}", f"{total:,}", 100.0 * trainable / max(total, 1),
+        model.lslo_spec.inventory.to_spec(),
+        _describe(model.lslo_spec.encoder), _describe(model.lslo_spec.decoder),
+    )
+
+
+def _describe(side) -> str:
+    from ..modules.placement import compact_routing
+
+    return f"positions={','.join(side.positions) or 'none'} routing={compact_routing(side.routing)}"
+
+
+# --- architectures -----------------------------------------------------------------------
+def lslo_base_architecture(args):
+    args.lslo_rank = getattr(args, "lslo_rank", None) or "2"
+    if getattr(args, "lslo_alpha", None) is None:
+        args.lslo_alpha = 1.0
+    args.lslo_encoder_positions = getattr(args, "lslo_encoder_positions", None) or "fc1,fc2"
+    args.lslo_decoder_positions = getattr(args, "lslo_decoder_positions", None) or "fc1,fc2"
+    args.lslo_encoder_routing = getattr(args, "lslo_encoder_routing", None) or "auto"
+    args.lslo_decoder_routing = getattr(args, "lslo_decoder_routing", None) or "auto"
+    base_architecture(args)
+
+
+@register_model_architecture("lslo_transformer", "lslo_transformer")
+def lslo_transformer(args):
+    lslo_base_architecture(args)
+
+
+def _m2m100(args, dim: int, ffn: int, layers: int, heads: int):
+    """Dimensions of the FLORES-101 M2M-100 checkpoints: pre-norm, shared embeddings."""
+    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", dim)
+    args.encoder_ffn_embed_dim = getattr(args, "encoder_ffn_embed_dim", ffn)
+    args.encoder_layers = getattr(args, "encoder_layers", layers)
+    args.encoder_attention_heads = getattr(args, "encoder_attention_heads", heads)
+    args.encoder_normalize_before = getattr(args, "encoder_normalize_before", True)
+    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", dim)
+    args.decoder_ffn_embed_dim = getattr(args, "decoder_ffn_embed_dim", ffn)
+    args.decoder_layers = getattr(args, "decoder_layers", layers)
+    args.decoder_attention_heads = getattr(args, "decoder_attention_heads", heads)
+    args.decoder_normalize_before = getattr(args, "decoder_normalize_before", True)
+    args.share_all_embeddings = getattr(args, "share_all_embeddings", True)
+    args.share_decoder_input_output_embed = getattr(args, "share_decoder_input_output_embed", True)
+    args.dropout = getattr(args, "dropout", 0.1)
+    args.attention_dropout = getattr(args, "attention_dropout", 0.1)
+    args.max_source_positions = getattr(args, "max_source_positions", 1024)
+    args.max_target_positions = getattr(args, "max_target_positions", 1024)
+    lslo_base_architecture(args)
+
+
+@register_model_architecture("lslo_transformer", "lslo_m2m100_615m")
+def lslo_m2m100_615m(args):
+    _m2m100(args, dim=1024, ffn=4096, layers=12, heads=16)
+
+
+@register_model_architecture("lslo_transformer", "lslo_m2m100_175m")
+def lslo_m2m100_175m(args):
+    _m2m100(args, dim=512, ffn=2048, layers=6, heads=8)

@@ -1,0 +1,241 @@
+"""The LSLo layer: a frozen linear map plus one low-rank pair per language, routed per sample."""
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .routing import LanguageRouter
+
+#: every parameter or buffer whose name contains this belongs to LSLo (and trains)
+LSLO_MARK = "lslo_"
+
+
+def is_lslo_key(name: str) -> bool:
+    """True for state-dict keys and parameter names that belong to LSLo, not to the base model."""
+    return name.startswith(LSLO_MARK) or f".{LSLO_MARK}" in name
+
+
+class LowRankBank(nn.Module):
+    """One pair ``(A_k, B_k)`` of rank ``r_k`` per slot (a language, or the one shared slot).
+
+    ``delta(x) = (alpha / r_k) * B_k A_k x`` for the slot of each sample.  Slots of equal
+    rank share one parameter tensor (``A{r}``: n x r x d_in, ``B{r}``: n x d_out x r), so a
+    bank has two parameters per distinct rank, not per language.  ``A{r}_mask`` and
+    ``B{r}_mask`` are boolean buffers (True = kept): pruning state travels with the weights.
+    """
+
+    def __init__(self, in_features: int, out_features: int, ranks: Sequence[int], alpha: float):
+        super().__init__()
+        if not ranks or min(ranks) <= 0:
+            raise ValueError(f"every rank must be positive, got {list(ranks)}")
+        self.in_features, self.out_features = in_features, out_features
+        self.ranks: List[int] = [int(r) for r in ranks]
+        self.alpha = float(alpha)
+        self.rank_buckets: List[int] = sorted(set(self.ranks))
+        self.r_max = self.rank_buckets[-1]
+        # slot -> (rank, index inside its bucket); slot -> row in the padded stack
+        self.slot_place: List[Tuple[int, int]] = []
+        bucket_start, start = {}, 0
+        for r in self.rank_buckets:
+            bucket_start[r] = start
+            start += self.ranks.count(r)
+        seen = {r: 0 for r in self.rank_buckets}
+        rows = []
+        for r in self.ranks:
+            self.slot_place.append((r, seen[r]))
+            rows.append(bucket_start[r] + seen[r])
+            seen[r] += 1
+        for r in self.rank_buckets:
+            n = self.ranks.count(r)
+            self.register_parameter(f"A{r}", nn.Parameter(torch.empty(n, r, in_features)))
+            self.register_parameter(f"B{r}", nn.Parameter(torch.zeros(n, out_features, r)))
+            self.register_buffer(f"A{r}_mask", torch.ones(n, r, in_features, dtype=torch.bool))
+            self.register_buffer(f"B{r}_mask", torch.ones(n, out_features, r, dtype=torch.bool))
+        self.register_buffer("slot_row", torch.tensor(rows, dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "slot_scale", torch.tensor([self.alpha / r for r in self.ranks]), persistent=False
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """A like a fresh nn.Linear(d_in -> r) (uniform, bound 1/sqrt(d_in)); B = 0."""
+        bound = 1.0 / math.sqrt(self.in_features)
+        with torch.no_grad():
+            for r in self.rank_buckets:
+                getattr(self, f"A{r}").uniform_(-bound, bound)
+                getattr(self, f"B{r}").zero_()
+
+    @property
+    def num_slots(self) -> int:
+        return len(self.ranks)
+
+    def factor_tensors(self) -> Iterator[Tuple[str, int, nn.Parameter, Tensor]]:
+        """(factor 'A'/'B', rank, parameter, mask) for every bucket."""
+        for r in self.rank_buckets:
+            for f in ("A", "B"):
+                yield f, r, getattr(self, f"{f}{r}"), getattr(self, f"{f}{r}_mask")
+
+    def factors(self, slot: int) -> Tuple[Tensor, Tensor]:
+        """Masked ``(A_k, B_k)`` of one slot: (r_k x d_in), (d_out x r_k)."""
+        r, i = self.slot_place[slot]
+        A = getattr(self, f"A{r}")[i] * getattr(self, f"A{r}_mask")[i]
+        B = getattr(self, f"B{r}")[i] * getattr(self, f"B{r}_mask")[i]
+        return A, B
+
+    def _padded_stack(self) -> Tuple[Tensor, Tensor]:
+        """All slots' masked factors zero-padded to r_max: (K, r_max, d_in), (K, d_out, r_max)."""
+        As, Bs = [], []
+        for r in self.rank_buckets:
+            A = getattr(self, f"A{r}") * getattr(self, f"A{r}_mask")
+            B = getattr(self, f"B{r}") * getattr(self, f"B{r}_mask")
+            if r < self.r_max:
+                A = F.pad(A, (0, 0, 0, self.r_max - r))
+                B = F.pad(B, (0, self.r_max - r))
+            As.append(A)
+            Bs.append(B)
+        if len(As) == 1:
+            return As[0], Bs[0]
+        return torch.cat(As), torch.cat(Bs)
+
+    def delta(self, x: Tensor, slots: Optional[Tensor], uniform: Optional[int]) -> Tensor:
+        """Adapter output for time-major ``x`` (T x batch x d_in); ``slots`` holds one id per sample.
+
+        ``uniform`` is the slot shared by the whole batch when there is one: then the
+        adapter is two plain matmuls.  Otherwise each sample gathers its own (padded) pair
+        and the low-rank products run as one batched matmul, with no loop over languages.
+        """
+        if uniform is not None:
+            A, B = self.factors(uniform)
+            return F.linear(F.linear(x, A) * self.slot_scale[uniform], B)
+        if slots is None or x.dim() != 3 or x.size(1) != slots.numel():
+            raise RuntimeError(
+                f"LSLo expects time-major input (T x batch x dim) with one language per sample; "
+                f"got input {tuple(x.shape)} for {None if slots is None else slots.numel()} samples"
+            )
+        A_pad, B_pad = self._padded_stack()
+        rows = self.slot_row.index_select(0, slots)
+        A_s = A_pad.index_select(0, rows)  # batch x r_max x d_in
+        B_s = B_pad.index_select(0, rows)  # batch x d_out x r_max
+        scale = self.slot_scale.index_select(0, slots).to(x.dtype)
+        h = torch.bmm(x.transpose(0, 1), A_s.transpose(1, 2)) * scale[:, None, None]
+        return torch.bmm(h, B_s.transpose(1, 2)).transpose(0, 1)
+
+    def delta_weight(self, slot: int) -> Tensor:
+        """Dense ``(alpha / r_k) B_k A_k`` (d_out x d_in) of one slot, for merging."""
+        A, B = self.factors(slot)
+        return (B @ A) * self.slot_scale[slot]
+
+    def num_parameters(self, slot: int) -> int:
+        return self.ranks[slot] * (self.in_features + self.out_features)
+
+    def num_kept(self, slot: int) -> int:
+        """Parameters of the slot not removed by pruning."""
+        r, i = self.slot_place[slot]
+        return int(getattr(self, f"A{r}_mask")[i].sum()) + int(getattr(self, f"B{r}_mask")[i].sum())
+
+
+class LSLoLinear(nn.Linear):
+    """A frozen ``nn.Linear`` (same ``weight``/``bias`` keys) with language-routed LSLo adapters.
+
+    ``route`` is ``src`` / ``tgt`` (one adapter per language), ``shared`` (one adapter for
+    all samples) or ``learn`` (a src- and a tgt-routed bank mixed by ``softmax(lslo_mix)``).
+    The language of every sample is read from the model's :class:`LanguageRouter`.
+    """
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        route: str,
+        banks: Dict[str, LowRankBank],
+        router: LanguageRouter,
+    ):
+        super().__init__(base.in_features, base.out_features, bias=base.bias is not None, device="meta")
+        self.weight = base.weight
+        self.bias = base.bias
+        self.route = route
+        expected = {"learn": ["src", "tgt"]}.get(route, [route])
+        if sorted(banks) != sorted(expected):
+            raise ValueError(f"route {route!r} needs banks {expected}, got {sorted(banks)}")
+        for kind, bank in banks.items():
+            self.add_module(f"{LSLO_MARK}{kind}", bank)
+        if route == "learn":
+            self.lslo_mix = nn.Parameter(torch.zeros(2))
+        self.router = router
+        self.merged: Optional[Tuple[Optional[int], Optional[int]]] = None
+
+    def banks(self) -> Dict[str, LowRankBank]:
+        return {kind: getattr(self, f"{LSLO_MARK}{kind}") for kind in ("src", "tgt", "shared") if hasattr(self, f"{LSLO_MARK}{kind}")}
+
+    def mix_weights(self) -> Optional[Tensor]:
+        """softmax over (src, tgt) in search mode, else None."""
+        return torch.softmax(self.lslo_mix.float(), dim=0) if self.route == "learn" else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.linear(x, self.weight, self.bias)
+        if self.merged is not None:
+            self._check_merged_routing()
+            return out
+        if self.route == "learn":
+            w = self.mix_weights().to(x.dtype)
+            d_src = self.lslo_src.delta(x, *self.router.lookup("src"))
+            d_tgt = self.lslo_tgt.delta(x, *self.router.lookup("tgt"))
+            return out + w[0] * d_src + w[1] * d_tgt
+        bank = getattr(self, f"{LSLO_MARK}{self.route}")
+        return out + bank.delta(x, *self.router.lookup(self.route))
+
+    # --- merging (deployment) -------------------------------------------------------
+    def delta_weight(self, src: Optional[int], tgt: Optional[int]) -> Tensor:
+        """The dense weight update this module applies for one direction (src, tgt ids)."""
+        if self.route == "shared":
+            return self.lslo_shared.delta_weight(0)
+        if self.route == "learn":
+            w = self.mix_weights()
+            return w[0] * self.lslo_src.delta_weight(_need(src, "src")) + w[1] * self.lslo_tgt.delta_weight(
+                _need(tgt, "tgt")
+            )
+        slot = _need(src if self.route == "src" else tgt, self.route)
+        return getattr(self, f"{LSLO_MARK}{self.route}").delta_weight(slot)
+
+    @torch.no_grad()
+    def merge(self, src: Optional[int] = None, tgt: Optional[int] = None) -> None:
+        """Add the adapter of direction (src, tgt) into ``weight``; the module then serves only it."""
+        if self.merged is not None:
+            raise RuntimeError("already merged; unmerge() first")
+        self.weight.data += self.delta_weight(src, tgt).to(self.weight.dtype)
+        self.merged = (src, tgt)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract the merged adapter again (exact up to floating-point rounding)."""
+        if self.merged is None:
+            return
+        self.weight.data -= self.delta_weight(*self.merged).to(self.weight.dtype)
+        self.merged = None
+
+    def _check_merged_routing(self) -> None:
+        src, tgt = self.merged
+        for kind, want in (("src", src), ("tgt", tgt)):
+            if self.route in (kind, "learn"):
+                _, uniform = self.router.lookup(kind)
+                if uniform != want:
+                    raise RuntimeError(
+                        f"this LSLo module is merged for {kind} language id {want} but the batch routes "
+                        f"to {'several languages' if uniform is None else uniform}; unmerge() first"
+                    )
+
+    def num_lslo_parameters(self) -> int:
+        return sum(p.numel() for n, p in self.named_parameters() if is_lslo_key(n))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, route={self.route}"
+
+
+def _need(value: Optional[int], kind: str) -> int:
+    if value is None:
+        raise ValueError(f"a {kind} language id is needed for this module")
+    return value
