@@ -1,1 +1,90 @@
-"""placeholder"""
+"""Reading and writing checkpoints safely.
+
+torch >= 2.6 loads with ``weights_only=True``: only tensors and allow-listed classes are
+unpickled.  fairseq checkpoints also hold an ``argparse.Namespace`` (``args``) and, when
+saved by older fairseq versions, omegaconf containers.  Importing this package
+allow-lists exactly those classes, so ``fairseq-generate --user-dir fairseq_lslo --path``
+works with no environment variable and without turning the safety check off.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import pickle
+import tempfile
+import typing
+import zipfile
+from typing import Any, Dict, List
+
+import torch
+
+
+def fairseq_checkpoint_globals() -> List[Any]:
+    """Classes a fairseq checkpoint may hold besides tensors and plain containers."""
+    allowed: List[Any] = [argparse.Namespace, collections.defaultdict, collections.OrderedDict, typing.Any,
+                          dict, list, tuple, set, int, float, bool, str]
+    try:
+        from omegaconf import DictConfig, ListConfig, nodes
+        from omegaconf.base import ContainerMetadata, Metadata
+
+        allowed += [DictConfig, ListConfig, ContainerMetadata, Metadata]
+        allowed += [getattr(nodes, n) for n in ("AnyNode", "StringNode", "IntegerNode", "FloatNode",
+                                                "BooleanNode", "BytesNode", "PathNode") if hasattr(nodes, n)]
+    except ImportError:  # omegaconf comes with fairseq; without it there are no such objects
+        pass
+    return allowed
+
+
+def allow_fairseq_checkpoints() -> None:
+    """Allow-list :func:`fairseq_checkpoint_globals` for ``torch.load(weights_only=True)``."""
+    add = getattr(torch.serialization, "add_safe_globals", None)
+    if add is not None:  # torch < 2.4 has no allow-list (and loads with full pickle)
+        add(fairseq_checkpoint_globals())
+
+
+class CheckpointError(RuntimeError):
+    """A file given as a checkpoint cannot be used as one."""
+
+
+def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
+    """Load a fairseq checkpoint (weights_only) with errors that name the file."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file (e.g. checkpoint_best.pt)")
+    allow_fairseq_checkpoints()
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: not a readable torch checkpoint (truncated, corrupt, or not a checkpoint): {first}"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path}: a torch file, but not a fairseq checkpoint (no 'model' entry)")
+    return state
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """Write ``obj`` to a temporary file next to ``path``, then rename it into place."""
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def _atomic_write(path: str, write) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+allow_fairseq_checkpoints()
