@@ -111,7 +111,8 @@ class LowRankBank(nn.Module):
         """
         if uniform is not None:
             A, B = self.factors(uniform)
-            return F.linear(F.linear(x, A) * self.slot_scale[uniform], B)
+            h = F.linear(x, A)
+            return F.linear(h * self.slot_scale[uniform].to(h.dtype), B)
         if slots is None or x.dim() != 3 or x.size(1) != slots.numel():
             raise RuntimeError(
                 f"LSLo expects time-major input (T x batch x dim) with one language per sample; "
