@@ -3,7 +3,9 @@
 Importing the package fills fairseq's registries (model ``lslo_transformer`` and its
 architectures, criterion, optimizer) and lets torch >= 2.6 load fairseq checkpoints.
 """
-from . import checkpoint_io  # noqa: F401  (first: allow-lists fairseq checkpoint classes)
-from . import models  # noqa: F401
+from . import checkpoint_io, models  # noqa: F401  (importing fills fairseq's registries)
+
+checkpoint_io.allow_fairseq_checkpoints()
+checkpoint_io.name_unreadable_checkpoints_in_fairseq()
 
 __version__ = "0.1.0"

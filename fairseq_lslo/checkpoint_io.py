@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import os
 import pickle
 import tempfile
@@ -56,14 +57,43 @@ def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
     allow_fairseq_checkpoints()
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"{path}: not a readable torch checkpoint (truncated, corrupt, or not a checkpoint): {first}"
-        ) from None
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        raise _unreadable(path, e) from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: a torch file, but not a fairseq checkpoint (no 'model' entry)")
     return state
+
+
+def _unreadable(path: str, error: BaseException) -> CheckpointError:
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return CheckpointError(
+        f"{path}: not a readable torch checkpoint (truncated, corrupt, or not a checkpoint): {first}"
+    )
+
+
+def name_unreadable_checkpoints_in_fairseq() -> None:
+    """Wrap fairseq's ``load_checkpoint_to_cpu`` so that a damaged file is named in the error.
+
+    Without it a truncated checkpoint ends fairseq-train / fairseq-generate with a bare
+    ``OSError: [Errno 22] Invalid argument`` from torch's zip reader.
+    """
+    from fairseq import checkpoint_utils
+
+    original = checkpoint_utils.load_checkpoint_to_cpu
+    if getattr(original, "lslo_wrapped", False):
+        return
+
+    @functools.wraps(original)
+    def load_checkpoint_to_cpu(path, *args, **kwargs):
+        try:
+            return original(path, *args, **kwargs)
+        except FileNotFoundError:
+            raise
+        except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as e:
+            raise _unreadable(path, e) from e
+
+    load_checkpoint_to_cpu.lslo_wrapped = True
+    checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
@@ -85,6 +115,3 @@ def _atomic_write(path: str, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-
-
-allow_fairseq_checkpoints()

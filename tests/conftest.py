@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import sys
+from types import SimpleNamespace
 from typing import List, Sequence
 
 import pytest
@@ -30,12 +33,24 @@ TINY_DIMS = [
 LSLO_FLAGS = ["--lslo-langs", "en:high,fr:high,de:low", "--lslo-rank", "high:2,low:4"]
 
 
-def write_dicts(path: str, langs: Sequence[str] = LANGS, n_words: int = 30) -> str:
+def write_dicts(path: str, langs: Sequence[str] = LANGS, n_words: int = 30, pairs: Sequence[str] = PAIRS) -> str:
+    """dict.{lang}.txt files plus a few binarized train/valid sentences per direction."""
+    from fairseq.data import Dictionary, indexed_dataset
+
     os.makedirs(path, exist_ok=True)
     for lang in langs:
         with open(os.path.join(path, f"dict.{lang}.txt"), "w") as f:
             for i in range(n_words):
                 f.write(f"w{i} {100 - i}\n")
+    d = Dictionary.load(os.path.join(path, f"dict.{langs[0]}.txt"))
+    for split in ("train", "valid"):
+        for pair in pairs:
+            for lang in pair.split("-"):
+                prefix = os.path.join(path, f"{split}.{pair}.{lang}")
+                builder = indexed_dataset.make_builder(prefix + ".bin", impl="mmap", vocab_size=len(d))
+                for n in (3, 5, 4):
+                    builder.add_item(torch.tensor([d.nspecial + i for i in range(n)] + [d.eos()], dtype=torch.int32))
+                builder.finalize(prefix + ".idx")
     return path
 
 
@@ -102,3 +117,52 @@ def randomize_adapters(model, seed: int = 0, scale: float = 0.5) -> None:
         for name, p in model.named_parameters():
             if p.requires_grad:
                 p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+# --- real CLI runs (fairseq-preprocess / fairseq-train), shared by the CLI-level tests -----
+BIN = os.path.dirname(sys.executable)
+TASK = ["--task", "translation_multi_simple_epoch", "--lang-pairs", ",".join(PAIRS),
+            "--encoder-langtok", "src", "--decoder-langtok"]
+CLI_DIMS = ["--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
+            "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2",
+            "--decoder-attention-heads", "2", "--share-all-embeddings"]
+CLI_TRAIN = ["--cpu", "--optimizer", "adam", "--max-tokens", "500", "--sampling-method", "temperature",
+             "--sampling-temperature", "5", "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+             "--seed", "1", "--no-epoch-checkpoints", "--log-format", "simple", "--log-interval", "5", "--num-workers", "0"]
+CLI_LSLO = ["--user-dir", os.path.join(ROOT, "fairseq_lslo"), "--arch", "lslo_transformer",
+            "--lslo-langs", "en:high,fr:high,de:low", "--lslo-rank", "high:2,low:4",
+            "--lslo-encoder-routing", "src*1,tgt*1", "--lslo-decoder-routing", "tgt*2"]
+
+
+def cli_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def run(cmd, expect_ok: bool = True, **kw) -> str:
+    """Run a CLI; return stdout+stderr; fail with its output if the exit status is unexpected."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), cwd=ROOT, **kw)
+    if (proc.returncode == 0) != expect_ok:
+        raise AssertionError(f"{cmd[0]} exit {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc.stdout + proc.stderr
+
+
+def valid_losses(log: str) -> List[float]:
+    return [float(x) for x in re.findall(r"\| valid on 'valid' subset \| loss ([\d.]+)", log)]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """Tiny data, a plain transformer base, and an LSLo fine-tuning run from it (real CLIs)."""
+    from tinydata import bin_dir_for
+
+    root = str(tmp_path_factory.mktemp("e2e"))
+    data = bin_dir_for(root, LANGS, PAIRS)
+    base_dir, lslo_dir = os.path.join(root, "base"), os.path.join(root, "lslo")
+    run([os.path.join(BIN, "fairseq-train"), data, *TASK, "--arch", "transformer", *CLI_DIMS, *CLI_TRAIN,
+         "--lr", "0.005", "--max-update", "60", "--save-dir", base_dir])
+    log = run([os.path.join(BIN, "fairseq-train"), data, *TASK, *CLI_LSLO, *CLI_DIMS, *CLI_TRAIN,
+               "--lr", "0.01", "--max-update", "60",
+               "--finetune-from-model", os.path.join(base_dir, "checkpoint_best.pt"), "--save-dir", lslo_dir])
+    return SimpleNamespace(root=root, data=data, base_dir=base_dir, lslo_dir=lslo_dir, log=log)

@@ -21,6 +21,7 @@ from fairseq.models.transformer import (
     base_architecture,
 )
 
+from ..data_check import check_binarized
 from ..languages import LSLoConfigError, language_token_ids, optional_index
 from ..modules.lslo_linear import LSLoLinear, is_lslo_key
 from ..modules.placement import DECODER_POSITIONS, ENCODER_POSITIONS, ROUTES
@@ -106,6 +107,7 @@ class LSLoTransformerModel(TransformerModel):
         lslo_base_architecture(args)
         spec = LSLoSpec.from_args(args, args.encoder_layers, args.decoder_layers)
         resolver = build_resolver(spec, task)  # checks languages and langtok flags before the big build
+        check_training_data(task)
         model = super().build_model(args, task)
         model.install_lslo(spec, resolver)
         return model
@@ -275,6 +277,19 @@ def build_resolver(spec: LSLoSpec, task) -> LanguageResolver:
         default_src=optional_index(inventory, source_code),
         default_tgt=optional_index(inventory, target_code),
     )
+
+
+def check_training_data(task) -> None:
+    """In fairseq-train, fail before the first update if a data file is missing or truncated."""
+    targs = getattr(task, "args", None)
+    pairs = getattr(task, "lang_pairs", None)
+    if not getattr(task, "training", False) or not pairs or not getattr(targs, "data", None):
+        return
+    dirs = targs.data.split(":")
+    check_binarized(dirs, [targs.train_subset], pairs)
+    valid = [s for s in str(getattr(targs, "valid_subset", "")).split(",") if s]
+    if valid and not getattr(targs, "disable_validation", False):
+        check_binarized(dirs[:1], valid, pairs)
 
 
 def log_parameter_counts(model: LSLoTransformerModel) -> None:
