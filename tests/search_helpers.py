@@ -92,3 +92,39 @@ def make_sample(task, directions: Sequence[Tuple[str, str]], seed: int = 0) -> D
                       "prev_output_tokens": prev},
         "target": target,
     }
+
+
+def binarized_corpus(root: str, langs: Sequence[str], pairs: Sequence[str]) -> str:
+    """tinydata's corpus, binarized in this process (no fairseq-preprocess start-ups): the data dir.
+
+    Same layout as ``tinydata.bin_dir_for``: ``{split}.{src}-{tgt}.{lang}.{bin,idx}`` links to one
+    binarized file per language and split, and ``dict.{lang}.txt``.
+    """
+    import shutil
+
+    from fairseq.data import Dictionary, indexed_dataset
+
+    import tinydata
+
+    corpus = tinydata.make_corpus(langs)
+    data, per_lang = os.path.join(root, "bin"), os.path.join(root, "per-lang")
+    os.makedirs(data, exist_ok=True)
+    os.makedirs(per_lang, exist_ok=True)
+    dict_path = os.path.join(root, "dict.txt")
+    tinydata.write_dictionary(dict_path, corpus)
+    dictionary = Dictionary.load(dict_path)
+    for lang in langs:
+        shutil.copy(dict_path, os.path.join(data, f"dict.{lang}.txt"))
+    for split, sentences in corpus.items():
+        for lang in langs:
+            prefix = os.path.join(per_lang, f"{split}.{lang}")
+            builder = indexed_dataset.make_builder(prefix + ".bin", "mmap", vocab_size=len(dictionary))
+            for line in sentences[lang]:
+                builder.add_item(dictionary.encode_line(line, add_if_not_exist=False))
+            builder.finalize(prefix + ".idx")
+            for pair in pairs:
+                s, t = pair.split("-")
+                if lang in (s, t):
+                    for ext in ("bin", "idx"):
+                        os.link(f"{prefix}.{ext}", os.path.join(data, f"{split}.{s}-{t}.{lang}.{ext}"))
+    return data
