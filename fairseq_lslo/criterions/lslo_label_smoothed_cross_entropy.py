@@ -70,17 +70,19 @@ class LSLoLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion)
         self.log_mix = str(lslo_log_mix)
         self._languages: Optional[TargetLanguages] = None
         self._mix: Optional[List[Tuple[MixSite, LSLoLinear]]] = None
+        self._prepared_for: Optional[int] = None  # id() of the model the two above describe
 
     # --- set-up on the first batch (the criterion is built before the model exists) ---------------
     def _prepare(self, model) -> None:
-        if self._languages is None:
-            self._languages = TargetLanguages.from_task_and_model(self.task, model)
-            self._mix = mix_modules(model)
-            if self.entropy_weight != 0 and not self._mix:
-                raise LSLoConfigError(
-                    "--lslo-routing-entropy-weight needs a model in search mode (--lslo-encoder-routing learn "
-                    "and/or --lslo-decoder-routing learn); this model has no searched layer"
-                )
+        if self._prepared_for == id(model):
+            return
+        languages, mix = TargetLanguages.from_task_and_model(self.task, model), mix_modules(model)
+        if self.entropy_weight != 0 and not mix:
+            raise LSLoConfigError(
+                "--lslo-routing-entropy-weight needs a model in search mode (--lslo-encoder-routing learn "
+                "and/or --lslo-decoder-routing learn); this model has no searched layer"
+            )
+        self._languages, self._mix, self._prepared_for = languages, mix, id(model)
 
     # --- loss -------------------------------------------------------------------------------------------
     def forward(self, model, sample, reduce=True):
