@@ -165,3 +165,15 @@ def test_entropy_weight_without_search_mode_is_an_error(data):
     crit = LSLoLabelSmoothedCrossEntropyCriterion(task, False, 0.2, lslo_routing_entropy_weight=0.1)
     with pytest.raises(LSLoConfigError, match="--lslo-routing-entropy-weight"):
         crit(model, H.make_sample(task, DIRECTIONS))
+
+
+def test_unknown_target_language_is_a_clear_error(data):
+    from fairseq import options, tasks
+
+    argv = [data, "--user-dir", H.USER_DIR, "--task", "translation_multi_simple_epoch", "--lang-pairs", H.PAIRS,
+            "--encoder-langtok", "src", "--arch", "transformer", "--cpu", *H.TINY, *CRITERION]
+    args = options.parse_args_and_arch(options.get_training_parser(), argv)
+    task = tasks.setup_task(args)
+    model = task.build_model(args)
+    with pytest.raises(LSLoConfigError, match="--decoder-langtok"):
+        task.build_criterion(args)(model, H.make_sample(task, DIRECTIONS))
