@@ -150,17 +150,13 @@ class LSLoLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion)
     def _routing(self, sample_size) -> Tuple[Dict[str, float], Optional[Tensor]]:
         """Mixing-weight sums for logging and, when its weight is set, the entropy term of the loss."""
         logits = [module.lslo_mix for _, module in self._mix]
-        term = None
-        if self.entropy_weight != 0:
-            entropy = mean_entropy(logits)
-            term = self.entropy_weight * entropy * sample_size
-            entropy_value = entropy.detach()
         with torch.no_grad():
-            stacked = torch.stack([t.detach().float() for t in logits])
+            stacked = torch.stack([t.detach().float() for t in logits])  # positions x 2
             w_tgt = torch.softmax(stacked, dim=-1)[:, 1]
-            if term is None:
-                entropy_value = mean_entropy([stacked])
-            values = torch.cat([w_tgt, entropy_value.reshape(1)]).tolist()
+            values = torch.cat([w_tgt, mean_entropy(list(stacked)).reshape(1)]).tolist()
+        term = None
+        if self.entropy_weight != 0:  # differentiable; per unit of sample_size after fairseq's division
+            term = self.entropy_weight * mean_entropy(logits) * sample_size
         out: Dict[str, float] = {MIX_COUNT: 1.0, ENTROPY_SUM: values[-1]}
         if self.log_mix != "none":
             sums: Dict[str, List[float]] = {}
