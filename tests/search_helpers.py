@@ -19,11 +19,14 @@ TINY = ["--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim",
 
 
 def make_dict_dir(root: str) -> str:
-    """A data dir with only dict.{lang}.txt files: enough for the multilingual task to build a model."""
+    """dict.{lang}.txt files and a few binarized sentences: enough for the multilingual task."""
+    from conftest import write_tiny_binarized
+
     os.makedirs(root, exist_ok=True)
     for lang in LANGS:
         with open(os.path.join(root, f"dict.{lang}.txt"), "w", encoding="utf-8") as f:
             f.write("".join(f"{w} 1\n" for w in WORDS))
+    write_tiny_binarized(root, PAIRS.split(","))
     return root
 
 
