@@ -7,5 +7,6 @@ from . import checkpoint_io, criterions, models  # noqa: F401  (importing fills 
 
 checkpoint_io.allow_fairseq_checkpoints()
 checkpoint_io.name_unreadable_checkpoints_in_fairseq()
+checkpoint_io.make_fairseq_checkpoint_copies_atomic()
 
 __version__ = "0.1.0"

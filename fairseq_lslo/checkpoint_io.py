@@ -13,6 +13,7 @@ import collections
 import functools
 import os
 import pickle
+import shutil
 import tempfile
 import typing
 import zipfile
@@ -94,6 +95,32 @@ def name_unreadable_checkpoints_in_fairseq() -> None:
 
     load_checkpoint_to_cpu.lslo_wrapped = True
     checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
+
+
+def make_fairseq_checkpoint_copies_atomic() -> None:
+    """Wrap fairseq's ``PathManager.copy`` (local files) to copy into a temp file, then rename.
+
+    fairseq writes the first checkpoint of a save atomically but *copies* it to the others
+    (``checkpoint_last.pt``, ``checkpoint_best.pt``) with a plain file copy: a job killed
+    during that copy leaves a truncated ``checkpoint_last.pt`` and cannot resume.
+    """
+    from fairseq.file_io import PathManager
+
+    original = PathManager.copy
+    if getattr(original, "lslo_wrapped", False):
+        return
+
+    def copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
+        if "://" in str(src_path) or "://" in str(dst_path):  # remote storage: fairseq's own way
+            return original(src_path, dst_path, overwrite)
+        if os.path.exists(dst_path) and not overwrite:
+            return False
+        with open(src_path, "rb") as src:
+            _atomic_write(dst_path, lambda f: shutil.copyfileobj(src, f, 1 << 20))
+        return True
+
+    copy.lslo_wrapped = True
+    PathManager.copy = staticmethod(copy)
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
