@@ -55,7 +55,7 @@ def check_kill_and_resume(trained, tmp_path, extra):
     run(command(trained, straight, extra))
     train_and_kill(command(trained, killed, extra), KILL_AT)
     resumed_log = run(command(trained, killed, extra))  # same command: resumes from checkpoint_last.pt
-    assert f"checkpoint_last.pt (epoch" in resumed_log and f"@ {KILL_AT // 4 * 4} updates)" in resumed_log
+    assert "checkpoint_last.pt (epoch" in resumed_log and f"@ {KILL_AT // 4 * 4} updates)" in resumed_log
     a, b = lslo_state(straight), lslo_state(killed)
     assert set(a) == set(b) and any(k.endswith("_mask") for k in a)
     for key in a:

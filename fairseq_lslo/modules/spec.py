@@ -6,8 +6,8 @@ It is parsed once from the command line, checked, and stored in every checkpoint
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import List
 
 import torch
 
