@@ -53,7 +53,6 @@ def test_two_ranks_equal_one_process_on_the_union_batch(dict_dir, tmp_path):
     task, model = build(dict_dir, "lslo_transformer", LSLO_FLAGS + FLAGS)
     randomize_adapters(model, seed=7, scale=0.3)
     model.train()
-    directions = [d for shard in SHARDS for d in shard[0]]
     parts = [make_batch(task, *shard) for shard in SHARDS]
     loss = 0.0
     for net_input, target in parts:
