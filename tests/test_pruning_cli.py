@@ -55,7 +55,10 @@ def runs(tmp_path_factory):
     whole = ok(train(data, *pruning_flags(base, str(root / "whole"), 10)))
     first = ok(train(data, *pruning_flags(base, str(root / "split"), 5)))
     second = ok(train(data, *pruning_flags(base, str(root / "split"), 10)))
-    return {"data": data, "base": base, "root": root, "whole": whole, "first": first, "second": second}
+    # fairseq's FP16Optimizer hands lslo_pruning fp32 copies of the (fp16) model weights
+    fp16 = ok(train(data, *pruning_flags(base, str(root / "fp16"), 10), "--fp16", "--fp16-no-flatten-grads"))
+    return {"data": data, "base": base, "root": root, "whole": whole, "first": first, "second": second,
+            "fp16": fp16}
 
 
 def lslo_state(path):
@@ -116,3 +119,16 @@ def test_stats_errors_and_table(runs, capsys):
     not_ckpt.write_text("hello")
     assert stats.main([str(not_ckpt)]) == 1
     assert str(not_ckpt) in capsys.readouterr().err
+
+
+def test_fp16_run_through_fairseq_fp16_optimizer(runs):
+    log = runs["fp16"].stderr + runs["fp16"].stdout
+    assert "LSLo pruning at update 8: high target 0.9000 achieved 0.8997" in log
+    state = lslo_state(str(runs["root"] / "fp16" / "checkpoint_last.pt"))
+    masks = [k for k in state if k.endswith("_mask")]
+    assert "loss_scale=" in log  # fp16 training (fairseq saves the weights as fp32)
+    for key in masks:
+        weights = state[key[: -len("_mask")]]
+        assert torch.all(weights[~state[key]] == 0), key
+    kept = sum(int(state[k].sum()) for k in masks)
+    assert kept == 2 * (1536 - 1382) + (3072 - 1536)
