@@ -297,3 +297,22 @@ def test_state_dict_round_trip_and_mapping_errors(monkeypatch):
         map_parameter_space(copies, trainable_parameters(model))
     with pytest.raises(LSLoConfigError, match="cannot find the LSLo weights"):
         LSLoPruningOptimizer(args_for(), [torch.nn.Parameter(torch.zeros(5))], model=model)
+
+
+def test_learn_and_shared_layers_with_the_optimizer(monkeypatch):
+    model = TinyLSLo(enc_routing=("learn", "tgt"), dec_routing=("tgt", "shared"))
+    mix = [p for n, p in model.named_parameters() if n.endswith("lslo_mix")]
+    opt = build("plain", model, monkeypatch, lslo_sparsity="high:0.9,low:0.5,shared:0.6")
+    assert {u.name for u in opt.plan.units} == {"en", "fr", "de", "shared"}
+    learn_tensors = [x for x in opt.plan.tensors if x.layer == "encoder.layers.0"]
+    assert {x.name.split(".")[-2] for x in learn_tensors} == {"lslo_src", "lslo_tgt"}  # both banks of 'learn'
+    for update in range(14):
+        model.lslo_num_updates = update
+        for p in trainable_parameters(model):
+            p.grad = torch.randn_like(p)
+        opt.step()
+    counts = opt.plan.language_counts()
+    for owner, final in (("en", 0.9), ("de", 0.5), ("shared", 0.6)):
+        n, pruned = counts[owner]
+        assert abs(pruned - final * n) <= 1
+    assert all(torch.any(p != 0) for p in mix)  # trained, never pruned
