@@ -1,6 +1,5 @@
 """Gradual pruning: schedule, masks, and the lslo_pruning optimizer inside fairseq's wrappers."""
 import argparse
-import math
 
 import pytest
 import torch

@@ -35,7 +35,7 @@ import argparse
 import copy
 import logging
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn as nn
