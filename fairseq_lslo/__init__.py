@@ -3,7 +3,7 @@
 Importing the package fills fairseq's registries (model ``lslo_transformer`` and its
 architectures, criterion, optimizer) and lets torch >= 2.6 load fairseq checkpoints.
 """
-from . import checkpoint_io, criterions, models  # noqa: F401  (importing fills fairseq's registries)
+from . import checkpoint_io, criterions, models, optim  # noqa: F401  (importing fills fairseq's registries)
 
 checkpoint_io.allow_fairseq_checkpoints()
 checkpoint_io.name_unreadable_checkpoints_in_fairseq()

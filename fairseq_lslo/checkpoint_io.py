@@ -58,7 +58,7 @@ def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
     allow_fairseq_checkpoints()
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError) as e:
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, KeyError) as e:
         raise _unreadable(path, e) from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: a torch file, but not a fairseq checkpoint (no 'model' entry)")

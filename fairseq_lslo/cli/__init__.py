@@ -1,1 +1,1 @@
-"""Command-line tools (console scripts lslo-*; each module has ``main(argv=None)``)."""
+"""Command-line tools (console scripts lslo-*); each module has ``main(argv=None)``."""
