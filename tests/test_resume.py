@@ -16,8 +16,10 @@ TRAIN = ["--cpu", "--optimizer", "adam", "--lr", "0.01", "--max-tokens", "300", 
          "--seed", "3", "--dropout", "0.1", "--num-workers", "0", "--log-format", "json", "--log-interval", "1",
          "--save-interval-updates", "4", "--no-epoch-checkpoints", "--disable-validation",
          "--max-update", str(MAX_UPDATE)]
-#: extra flags of each scenario (the pruning scenarios are added by tests/test_pruning_resume.py)
-SCENARIOS = {"update_freq_1": [], "update_freq_2": ["--update-freq", "2"]}
+#: gradual pruning from update 4 to 14, masks recomputed every 2 updates: the kill at 11 is mid-schedule
+PRUNE = ["--optimizer", "lslo_pruning", "--lslo-sparsity", "high:0.8,low:0.5", "--lslo-prune-start", "4",
+         "--lslo-prune-end", "14", "--lslo-prune-interval", "2"]
+SCENARIOS = {"pruning": PRUNE, "pruning_update_freq_2": PRUNE + ["--update-freq", "2"]}
 
 
 def command(trained, save_dir, extra):
@@ -57,7 +59,9 @@ def check_kill_and_resume(trained, tmp_path, extra):
     resumed_log = run(command(trained, killed, extra))  # same command: resumes from checkpoint_last.pt
     assert "checkpoint_last.pt (epoch" in resumed_log and f"@ {KILL_AT // 4 * 4} updates)" in resumed_log
     a, b = lslo_state(straight), lslo_state(killed)
-    assert set(a) == set(b) and any(k.endswith("_mask") for k in a)
+    masks = [k for k in a if k.endswith("_mask")]
+    assert set(a) == set(b) and masks
+    assert sum(int((~a[k]).sum()) for k in masks) > 0  # the run did prune
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert load_checkpoint(os.path.join(killed, "checkpoint_last.pt"))["optimizer_history"][-1]["num_updates"] == MAX_UPDATE
