@@ -100,5 +100,8 @@ def build_checkpoint(path: str, dictionary: str, codes: Sequence[str], dims: Dic
     random.seed(0)
     model = task.build_model(cfg.model)
     state = {"args": None, "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-             "model": model.state_dict(), "optimizer_history": [], "extra_state": {}, "last_optimizer_state": None}
+             "model": model.state_dict(), "last_optimizer_state": None,
+             "optimizer_history": [{"criterion_name": "LabelSmoothedCrossEntropyCriterion", "optimizer_name": "Adam",
+                                    "lr_scheduler_state": {"best": None}, "num_updates": 0}],
+             "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0}}}
     torch.save(state, path)
