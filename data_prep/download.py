@@ -14,6 +14,7 @@ is unpacked into a temporary folder that is renamed into place, then a stamp is 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
+import zlib
 from typing import Dict, List, Optional
 
 from .fsutil import atomic_write_text, sha256_file
@@ -69,7 +71,7 @@ class Progress:
         self._draw(time.time(), end="\n" if self.tty else "")
 
 
-def fetch(url: str, dest: str, retries: int = 5, timeout: float = 60.0, chunk: int = 1 << 20) -> str:
+def fetch(url: str, dest: str, retries: int = 5, timeout: float = 60.0, chunk: int = 1 << 20, backoff: float = 2.0) -> str:
     """Download ``url`` to ``dest`` through ``dest.part``, resuming it; returns ``dest``."""
     part = dest + ".part"
     attempt = 0
@@ -113,7 +115,7 @@ def fetch(url: str, dest: str, retries: int = 5, timeout: float = 60.0, chunk: i
                 os.replace(part, dest)
                 return dest
             raise DataPrepError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as e:
             attempt += 1
             if attempt > retries:
                 raise DataPrepError(
@@ -121,7 +123,7 @@ def fetch(url: str, dest: str, retries: int = 5, timeout: float = 60.0, chunk: i
                     f"and a rerun resumes it.  Offline? Download the archive elsewhere and pass it with "
                     f"FLORES_ARCHIVE=... / MODEL_ARCHIVE=... (or --archive)"
                 ) from None
-            wait = min(2 ** attempt, 30)
+            wait = min(backoff ** attempt, 30) if backoff else 0
             print(f"download interrupted ({e}); retry {attempt}/{retries} in {wait}s", file=sys.stderr)
             time.sleep(wait)
 
@@ -163,7 +165,7 @@ def verify(archive: str, entry: dict, sha256: Optional[str]) -> str:
                     reader = tar.extractfile(member)
                     while reader.read(1 << 20):
                         pass
-    except (tarfile.TarError, OSError, EOFError) as e:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise DataPrepError(f"{archive}: corrupted or truncated archive ({e})") from None
     root = find_root(names, entry["required"], archive)
     if not os.path.exists(recorded):
@@ -207,7 +209,7 @@ def obtain(kind: str, dest: str, size: str = "615M", archive: Optional[str] = No
     entry = catalog[key]
     url = url or entry["url"]
     base = os.path.basename(url)
-    target = os.path.join(dest, base[: -len(".tar.gz")] if base.endswith(".tar.gz") else base + ".d")
+    target = os.path.join(dest, "flores101_dataset" if kind == "flores" else f"flores101_mm100_{size}")
     if os.path.exists(os.path.join(target, STAMP)) and not force:
         print(f"{target}: already unpacked, nothing to do", file=sys.stderr)
         return target

@@ -89,6 +89,11 @@ def heatmap(rows: List[dict], langs: List[LangRow], path: str) -> None:
     ax.set_xlabel("target language")
     ax.set_ylabel("source language")
     ax.set_title("spBLEU per direction")
+    if len(codes) <= 16:
+        for i, row in enumerate(grid):
+            for j, value in enumerate(row):
+                if not math.isnan(value):
+                    ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="white")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     tmp = path + ".tmp.png"
