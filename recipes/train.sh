@@ -35,9 +35,9 @@ ENC_ROUTING=${ENC_ROUTING:-src*$_src$([ "$_src" -lt "$ENCODER_LAYERS" ] && echo 
 DEC_ROUTING=${DEC_ROUTING:-tgt*$DECODER_LAYERS}
 # pruning (issue 3's optimizer)
 SPARSITY=${SPARSITY:-0.9}
-PRUNE_START=${PRUNE_START:-2}
+PRUNE_START=${PRUNE_START:-2}                 # in PRUNE_UNIT
 PRUNE_END=${PRUNE_END:-12}
-PRUNE_UNIT=${PRUNE_UNIT:-epochs}
+PRUNE_UNIT=${PRUNE_UNIT:-epochs}              # epochs | updates
 PRUNE_INTERVAL=${PRUNE_INTERVAL:-}
 PRUNE_SCOPE=${PRUNE_SCOPE:-language}
 PRUNE_FACTORS=${PRUNE_FACTORS:-AB}
@@ -69,6 +69,32 @@ args=("$DATA_DIR" --user-dir "$USER_DIR"
 [ "$CPU" = 1 ] && args+=(--cpu)
 [ "$FP16" = 1 ] && args+=(--fp16)
 
+# The pruning schedule is given to the optimizer in updates; PRUNE_UNIT=epochs (the paper's
+# "from epoch 2 over 10 epochs") converts with UPDATES_PER_EPOCH, estimated from the data.
+world_size() {
+  if [[ "${DISTRIBUTED_ARGS:-}" =~ --distributed-world-size\ ([0-9]+) ]]; then echo "${BASH_REMATCH[1]}"
+  elif [ "$CPU" != 1 ] && command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi -L | grep -c GPU
+  else echo 1; fi
+}
+prune_updates() { awk -v e="$1" -v u="$UPDATES_PER_EPOCH" 'BEGIN { printf "%d\n", e * u + 0.5 }'; }
+if [ "$METHOD" = lslo_prune ]; then
+  case "$PRUNE_UNIT" in
+    updates) UPDATES_PER_EPOCH=1 ;;
+    epochs)
+      if [ -n "${UPDATES_PER_EPOCH:-}" ]; then :
+      elif [ "${DRY_RUN:-0}" = 1 ] && [ ! -f "$DATA_DIR/langs.tsv" ]; then UPDATES_PER_EPOCH=1000
+        echo "train.sh: dry run without data: pruning schedule shown for UPDATES_PER_EPOCH=1000" >&2
+      else
+        UPDATES_PER_EPOCH=$("$LSLO_PYTHON" -m data_prep.epoch_size "$DATA_DIR" --max-tokens "$MAX_TOKENS" \
+          --update-freq "$UPDATE_FREQ" --world-size "$(world_size)")
+        echo "train.sh: about $UPDATES_PER_EPOCH updates per epoch (estimated; set UPDATES_PER_EPOCH to override)" >&2
+      fi ;;
+    *) echo "train.sh: PRUNE_UNIT=$PRUNE_UNIT: expected epochs or updates" >&2; exit 2 ;;
+  esac
+  PRUNE_START_UPDATES=$(prune_updates "$PRUNE_START")
+  PRUNE_END_UPDATES=$(prune_updates "$PRUNE_END")
+fi
+
 lslo_args=(--arch lslo_transformer --lslo-langs "$DATA_DIR/langs.tsv" --lslo-rank "$LSLO_RANK"
   --lslo-encoder-positions "$ENC_POSITIONS" --lslo-decoder-positions "$DEC_POSITIONS")
 [ -n "$LSLO_ALPHA" ] && lslo_args+=(--lslo-alpha "$LSLO_ALPHA")
@@ -83,7 +109,7 @@ case "$METHOD" in
   lslo_prune)
     method_args=("${lslo_args[@]}" --lslo-encoder-routing "$ENC_ROUTING" --lslo-decoder-routing "$DEC_ROUTING" "${ls_ce[@]}"
       --optimizer lslo_pruning --lslo-inner-optimizer adam --lslo-sparsity "$SPARSITY"
-      --lslo-prune-start "$PRUNE_START" --lslo-prune-end "$PRUNE_END" --lslo-prune-unit "$PRUNE_UNIT"
+      --lslo-prune-unit updates --lslo-prune-start "$PRUNE_START_UPDATES" --lslo-prune-end "$PRUNE_END_UPDATES"
       --lslo-prune-scope "$PRUNE_SCOPE" --lslo-prune-factors "$PRUNE_FACTORS")
     [ -n "$PRUNE_INTERVAL" ] && method_args+=(--lslo-prune-interval "$PRUNE_INTERVAL") ;;
   search)

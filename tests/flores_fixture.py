@@ -77,6 +77,23 @@ def model_archive(root: str, flores_archive_path: str, langs: Sequence[Tuple[str
     return archive
 
 
+_CACHE: Dict[str, str] = {}
+
+
+def archives() -> Dict[str, str]:
+    """Both fixture archives, built once per test session in a temporary folder."""
+    if not _CACHE:
+        import atexit
+        import shutil
+        import tempfile
+
+        root = tempfile.mkdtemp(prefix="flores-fixture-")
+        atexit.register(shutil.rmtree, root, True)
+        _CACHE["flores"] = flores_archive(root)
+        _CACHE["model"] = model_archive(root, _CACHE["flores"])
+    return dict(_CACHE)
+
+
 def build_checkpoint(path: str, dictionary: str, codes: Sequence[str], dims: Dict[str, str]) -> None:
     """A randomly initialised plain ``transformer`` for dict + sorted language tokens, saved like fairseq does."""
     import torch
