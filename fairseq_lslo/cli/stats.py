@@ -67,7 +67,12 @@ def count_model_parameters(state: Dict[str, torch.Tensor]) -> int:
 def compute_stats(path: str, state: Optional[dict] = None) -> dict:
     """The ``lslo-stats/1`` record of a checkpoint (see the README for the schema)."""
     if state is None:
-        state = load_checkpoint(path)
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError:
+            raise
+        except Exception as e:  # torch.load fails in many ways on files that are not checkpoints
+            raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
     model = state["model"]
     if CONFIG_KEY not in model:
         raise CheckpointError(

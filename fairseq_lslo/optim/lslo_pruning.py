@@ -42,7 +42,14 @@ import torch.nn as nn
 from torch import Tensor
 
 from fairseq.logging import metrics
-from fairseq.optim import OPTIMIZER_REGISTRY, LegacyFairseqOptimizer, build_optimizer, register_optimizer
+from fairseq.optim import (
+    OPTIMIZER_DATACLASS_REGISTRY,
+    OPTIMIZER_REGISTRY,
+    LegacyFairseqOptimizer,
+    build_optimizer,
+    register_optimizer,
+)
+from omegaconf import OmegaConf
 
 from ..languages import LSLoConfigError
 from ..modules.pruning import (
@@ -343,7 +350,17 @@ def build_inner_optimizer(args, name: str, params: List[Tensor]):
                 )
     inner_args = argparse.Namespace(**vars(args))
     inner_args.optimizer = name
-    return build_optimizer(inner_args, params)
+    for action in _optimizer_flags(name):  # flags not given take the inner optimizer's defaults
+        if action.option_strings and not hasattr(inner_args, action.dest):
+            setattr(inner_args, action.dest, action.default)
+    dataclass = OPTIMIZER_DATACLASS_REGISTRY.get(name)
+    if dataclass is None:  # a legacy optimizer reads the flat namespace
+        return build_optimizer(inner_args, params)
+    # as fairseq does for a top-level --optimizer: a structured config (defaults such as
+    # adam's betas tuple become omegaconf lists, which the optimizer expects)
+    cfg = OmegaConf.structured(dataclass.from_namespace(inner_args))
+    cfg._name = name
+    return build_optimizer(cfg, params)
 
 
 def bind_model(params: List[Tensor], model: Optional[nn.Module]):
