@@ -43,10 +43,17 @@ def snapshot(out):
     return files
 
 
-def test_layout_and_rerun_does_nothing(tmp_path, unpacked):
-    out = tmp_path / "prep"
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory, unpacked):
+    """One uninterrupted run: its folder, output, and the content hashes right after it."""
+    out = tmp_path_factory.mktemp("clean") / "prep"
     r = prepare(unpacked, out)
     assert r.returncode == 0, r.stderr
+    return out, r, {k: v[0] for k, v in snapshot(out).items()}
+
+
+def test_layout_and_rerun_does_nothing(unpacked, clean_run):
+    out, r, _ = clean_run
     data = out / "bin"
     for pair in ("en-fr", "fr-en", "en-wo", "wo-fr"):
         for split in ("train", "valid", "test"):
@@ -77,9 +84,8 @@ def test_layout_and_rerun_does_nothing(tmp_path, unpacked):
     assert len((out / "raw" / "valid.en").read_text().splitlines()) == 5
 
 
-def test_killed_run_then_rerun_equals_clean_run(tmp_path, unpacked):
-    clean, crashed = tmp_path / "clean", tmp_path / "crashed"
-    assert prepare(unpacked, clean).returncode == 0
+def test_killed_run_then_rerun_equals_clean_run(tmp_path, unpacked, clean_run):
+    crashed = tmp_path / "crashed"
     r = prepare(unpacked, crashed, env={**ENV, "DATA_PREP_CRASH_AT": "binarize:fr"})
     assert r.returncode == -9  # SIGKILL in the middle of moving fr's binarized files into place
     assert (crashed / "lang" / "train.fr.bin").exists()  # a half-finished step ...
@@ -89,9 +95,8 @@ def test_killed_run_then_rerun_equals_clean_run(tmp_path, unpacked):
     assert r.returncode == 0, r.stderr
     assert "binarize.en" not in r.stdout and "binarize.fr" in r.stdout and "binarize.wo" in r.stdout
     assert not (crashed / ".tmp").exists()
-    a = {k: v[0] for k, v in snapshot(clean).items()}
     b = {k: v[0] for k, v in snapshot(crashed).items()}
-    assert a == b
+    assert b == clean_run[2]
     assert os.path.samefile(crashed / "bin" / "test.en-fr.fr.bin", crashed / "lang" / "test.fr.bin")
 
 
