@@ -46,10 +46,15 @@ unset _L _D _F _H
 
 # --- devices ----------------------------------------------------------------------------
 CPU=${CPU:-0}                                    # 1: --cpu
-if [ -z "${FP16:-}" ]; then
-  if [ "$CPU" != 1 ] && command -v nvidia-smi >/dev/null 2>&1; then FP16=1; else FP16=0; fi
-fi
+FP16=${FP16:-auto}                               # 1 | 0 | auto (1 where nvidia-smi exists), decided on the node that runs
 set +a
+
+# --fp16 or nothing, for this node.
+lslo_fp16_flag() {
+  if [ "$FP16" = 1 ] || { [ "$FP16" = auto ] && [ "$CPU" != 1 ] && command -v nvidia-smi >/dev/null 2>&1; }; then
+    echo --fp16
+  fi
+}
 
 # Print a command (DRY_RUN=1) or run it.
 lslo_run() {

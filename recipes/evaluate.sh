@@ -23,7 +23,7 @@ if [ "$EVAL_STAGE" != score ]; then
   fi
   flags=()
   [ "$CPU" = 1 ] && flags+=(--cpu)
-  [ "$FP16" = 1 ] && flags+=(--fp16)
+  flags+=($(lslo_fp16_flag))
   for pair in ${EVAL_PAIRS//,/ }; do
     out=$EVAL_DIR/gen/$pair.gen
     if [ -s "$out" ] && [ "${DRY_RUN:-0}" != 1 ]; then echo "evaluate.sh: $out exists, skipped" >&2; continue; fi

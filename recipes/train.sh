@@ -67,7 +67,7 @@ args=("$DATA_DIR" --user-dir "$USER_DIR"
   --save-interval-updates "$SAVE_INTERVAL_UPDATES" --keep-interval-updates 1 --num-workers "$NUM_WORKERS")
 [ "$MAX_UPDATE" != 0 ] && args+=(--max-update "$MAX_UPDATE")
 [ "$CPU" = 1 ] && args+=(--cpu)
-[ "$FP16" = 1 ] && args+=(--fp16)
+args+=($(lslo_fp16_flag))
 
 # The pruning schedule is given to the optimizer in updates; PRUNE_UNIT=epochs (the paper's
 # "from epoch 2 over 10 epochs") converts with UPDATES_PER_EPOCH, estimated from the data.
