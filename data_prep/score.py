@@ -51,7 +51,13 @@ class Scorer:
         if self.sp is not None:
             enc = lambda xs: [" ".join(p) for p in self.sp.encode(xs, out_type=str)]  # noqa: E731
             return self.sacrebleu.corpus_bleu(enc(hyps), [enc(refs)], tokenize="none").score
-        return self.sacrebleu.corpus_bleu(hyps, [refs], tokenize="flores101").score
+        try:
+            return self.sacrebleu.corpus_bleu(hyps, [refs], tokenize="flores101").score
+        except Exception as e:  # sacrebleu downloads its SentencePiece model on first use
+            raise DataPrepError(
+                f"sacrebleu could not use its flores101 tokenizer ({type(e).__name__}: {e}); on a machine without "
+                f"internet pass a local SentencePiece model: --spm-model FILE (SCORE_SPM_MODEL=FILE in the recipes)"
+            ) from None
 
     def chrfpp(self, hyps: List[str], refs: List[str]) -> float:
         return self.sacrebleu.corpus_chrf(hyps, [refs], word_order=2).score
