@@ -51,6 +51,12 @@ def test_make_flores12_end_to_end(tmp_path):
     assert sorted(s["languages"]) == sorted(["en", "fr", "it", "de", "nl", "zh", "ja", "ko", "oc", "or", "sd", "wo"])
     assert s["total"]["nonzero_parameters"] < s["total"]["lslo_parameters"]
 
+    # a restarted (e.g. requeued) training job resumes from checkpoint_last.pt, not from the pretrained model
+    r = make("flores12", {**env, "STEPS": "train", "MAX_UPDATE": "4"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = r.stdout + r.stderr
+    assert "checkpoint_last.pt (epoch 1 @ 3 updates)" in log and "loading pretrained model" not in log
+
     # rerunning data preparation does nothing
     r = make("flores12", {**env, "STEPS": "download,prepare"})
     assert r.returncode == 0, r.stderr[-3000:]
