@@ -22,8 +22,13 @@ prepare=("$LSLO_PYTHON" -m data_prep.prepare --langs "$LANGS_TSV" --flores-dir "
 
 if has_step download; then
   echo "== download ($DATA_ROOT)" >&2
-  lslo_run "${download[@]}" flores --dest "$DATA_ROOT"
-  lslo_run "${download[@]}" model --size "$MODEL_SIZE" --dest "$DATA_ROOT"
+  # a FLORES_DIR / MODEL_DIR of your own that already holds the files is used as it is
+  if [ "$FLORES_DIR" != "$DATA_ROOT/flores101_dataset" ] && [ -d "$FLORES_DIR/devtest" ]; then
+    echo "using FLORES_DIR=$FLORES_DIR" >&2
+  else lslo_run "${download[@]}" flores --dest "$DATA_ROOT"; fi
+  if [ "$MODEL_DIR" != "$DATA_ROOT/flores101_mm100_$MODEL_SIZE" ] && [ -f "$MODEL_DIR/dict.txt" ]; then
+    echo "using MODEL_DIR=$MODEL_DIR" >&2
+  else lslo_run "${download[@]}" model --size "$MODEL_SIZE" --dest "$DATA_ROOT"; fi
 fi
 
 if [ "$SLURM" != 1 ]; then
