@@ -35,8 +35,8 @@ ENC_ROUTING=${ENC_ROUTING:-src*$_src$([ "$_src" -lt "$ENCODER_LAYERS" ] && echo 
 DEC_ROUTING=${DEC_ROUTING:-tgt*$DECODER_LAYERS}
 # pruning (issue 3's optimizer)
 SPARSITY=${SPARSITY:-0.9}
-PRUNE_START=${PRUNE_START:-2}                 # in PRUNE_UNIT
-PRUNE_END=${PRUNE_END:-12}
+PRUNE_START=${PRUNE_START:-2}                 # in PRUNE_UNIT (epochs: from the start of epoch 2 ...
+PRUNE_END=${PRUNE_END:-12}                    # ... over 10 epochs, as in the paper)
 PRUNE_UNIT=${PRUNE_UNIT:-epochs}              # epochs | updates
 PRUNE_INTERVAL=${PRUNE_INTERVAL:-}
 PRUNE_SCOPE=${PRUNE_SCOPE:-language}
@@ -76,7 +76,11 @@ world_size() {
   elif [ "$CPU" != 1 ] && command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi -L | grep -c GPU
   else echo 1; fi
 }
-prune_updates() { awk -v e="$1" -v u="$UPDATES_PER_EPOCH" 'BEGIN { printf "%d\n", e * u + 0.5 }'; }
+# epochs are fairseq's 1-based epoch numbers: epoch E starts after (E - 1) * UPDATES_PER_EPOCH updates
+prune_updates() {
+  if [ "$PRUNE_UNIT" = updates ]; then echo "$1"
+  else awk -v e="$1" -v u="$UPDATES_PER_EPOCH" 'BEGIN { x = (e - 1) * u; printf "%d\n", (x < 0 ? 0 : x) + 0.5 }'; fi
+}
 if [ "$METHOD" = lslo_prune ]; then
   case "$PRUNE_UNIT" in
     updates) UPDATES_PER_EPOCH=1 ;;

@@ -67,8 +67,8 @@ def test_make_flores12_end_to_end(tmp_path):
     ("full", ["--arch transformer", "--optimizer adam", "--lr 1e-4"]),
     ("shared", ["--lslo-encoder-routing shared", "--lslo-decoder-routing shared"]),
     ("lslo", ["--lslo-encoder-routing src\\*9\\,tgt\\*3", "--lslo-decoder-routing tgt\\*12", "--lr 3e-3"]),
-    ("lslo_prune", ["--optimizer lslo_pruning", "--lslo-prune-unit updates", "--lslo-prune-start 2000",
-                    "--lslo-prune-end 12000", "--lslo-sparsity 0.9"]),
+    ("lslo_prune", ["--optimizer lslo_pruning", "--lslo-prune-unit updates", "--lslo-prune-start 1000",
+                    "--lslo-prune-end 11000", "--lslo-sparsity 0.9"]),
     ("search", ["--lslo-encoder-routing learn\\*12", "--criterion lslo_label_smoothed_cross_entropy"]),
 ])
 def test_dry_run_prints_every_command(tmp_path, method, expect):
