@@ -1,0 +1,67 @@
+"""Language-set files: ``model_code<TAB>flores_code<TAB>group`` rows (``#`` starts a comment)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List
+
+
+class DataPrepError(RuntimeError):
+    """Bad input to data preparation; the message names the file or flag."""
+
+
+@dataclass(frozen=True)
+class LangRow:
+    code: str
+    flores: str
+    group: str
+
+
+def read_langset(path: str) -> List[LangRow]:
+    rows: List[LangRow] = []
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:
+        raise DataPrepError(f"--langs: cannot read language set {path!r}: {e.strerror}") from None
+    with f:
+        for lineno, line in enumerate(f, 1):
+            line = line.split("#", 1)[0].rstrip("\n")
+            if not line.strip():
+                continue
+            cols = [c.strip() for c in line.split("\t")]
+            if len(cols) != 3 or not all(cols):
+                raise DataPrepError(
+                    f"{path}:{lineno}: expected 'model_code<TAB>flores_code<TAB>group', got {line!r}"
+                )
+            rows.append(LangRow(*cols))
+    codes = [r.code for r in rows]
+    dup = {c for c in codes if codes.count(c) > 1}
+    if dup:
+        raise DataPrepError(f"{path}: language {sorted(dup)[0]!r} is listed twice")
+    if len(rows) < 2:
+        raise DataPrepError(f"{path}: a language set needs at least 2 languages, got {len(rows)}")
+    return rows
+
+
+def directions(rows: List[LangRow]) -> List[str]:
+    """All ``src-tgt`` pairs of distinct languages, in file order."""
+    return [f"{a.code}-{b.code}" for a in rows for b in rows if a.code != b.code]
+
+
+def main() -> None:
+    """``python -m data_prep.langsets FILE [pairs|codes|groups]``: print for shell scripts."""
+    import sys
+
+    path, what = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "pairs")
+    rows = read_langset(path)
+    if what == "pairs":
+        print(",".join(directions(rows)))
+    elif what == "codes":
+        print(",".join(r.code for r in rows))
+    elif what == "spec":
+        print(",".join(f"{r.code}:{r.group}" for r in rows))
+    else:
+        raise SystemExit(f"unknown output {what!r}: pairs, codes or spec")
+
+
+if __name__ == "__main__":
+    main()

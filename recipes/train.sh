@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Fine-tune the FLORES-101 M2M checkpoint on prepared data.
+#   METHOD=full        full fine-tuning (baseline): plain fairseq `transformer`, every weight trains
+#   METHOD=shared      one LoRA shared by all languages (--lslo-*-routing shared)
+#   METHOD=lslo        language-specific LoRA: encoder src*3/4,tgt*1/4 of layers, decoder tgt
+#   METHOD=lslo_prune  LSLo + gradual magnitude pruning (optimizer lslo_pruning)  [default]
+#   METHOD=search      architecture search: every layer `learn`, criterion lslo_label_smoothed_cross_entropy
+# Defaults are the paper's reference hyperparameters; see recipes/common.sh and the README.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+LR=${LR:-$([ "$METHOD" = full ] && echo 1e-4 || echo 3e-3)}
+WARMUP_UPDATES=${WARMUP_UPDATES:-4000}
+MAX_TOKENS=${MAX_TOKENS:-4000}
+UPDATE_FREQ=${UPDATE_FREQ:-4}
+MAX_EPOCH=${MAX_EPOCH:-15}
+MAX_UPDATE=${MAX_UPDATE:-0}                   # 0: no limit (MAX_EPOCH decides)
+LABEL_SMOOTHING=${LABEL_SMOOTHING:-0.2}
+SAMPLING_TEMPERATURE=${SAMPLING_TEMPERATURE:-5}
+DROPOUT=${DROPOUT:-0.1}
+ATTENTION_DROPOUT=${ATTENTION_DROPOUT:-0.1}
+SEED=${SEED:-1}
+DDP_BACKEND=${DDP_BACKEND:-no_c10d}
+SAVE_INTERVAL_UPDATES=${SAVE_INTERVAL_UPDATES:-1000}   # checkpoint_last.pt for requeue
+LOG_INTERVAL=${LOG_INTERVAL:-100}
+NUM_WORKERS=${NUM_WORKERS:-1}
+# LSLo
+LSLO_RANK=${LSLO_RANK:-high:2,medium:2,low:8}
+LSLO_ALPHA=${LSLO_ALPHA:-}
+LSLO_SHARED_RANK=${LSLO_SHARED_RANK:-}
+ENC_POSITIONS=${ENC_POSITIONS:-q,k,v,fc1,fc2}
+DEC_POSITIONS=${DEC_POSITIONS:-q,k,v,cross_q,cross_k,cross_v,fc1,fc2}
+_src=$(( ENCODER_LAYERS * 3 / 4 )); [ "$_src" -ge 1 ] || _src=1
+ENC_ROUTING=${ENC_ROUTING:-src*$_src$([ "$_src" -lt "$ENCODER_LAYERS" ] && echo ",tgt*$((ENCODER_LAYERS - _src))")}
+DEC_ROUTING=${DEC_ROUTING:-tgt*$DECODER_LAYERS}
+# pruning (issue 3's optimizer)
+SPARSITY=${SPARSITY:-0.9}
+PRUNE_START=${PRUNE_START:-2}                 # in PRUNE_UNIT (epochs: from the start of epoch 2 ...
+PRUNE_END=${PRUNE_END:-12}                    # ... over 10 epochs, as in the paper)
+PRUNE_UNIT=${PRUNE_UNIT:-epochs}              # epochs | updates
+PRUNE_INTERVAL=${PRUNE_INTERVAL:-}
+PRUNE_SCOPE=${PRUNE_SCOPE:-language}
+PRUNE_FACTORS=${PRUNE_FACTORS:-AB}
+# architecture search
+ROUTING_ENTROPY_WEIGHT=${ROUTING_ENTROPY_WEIGHT:-0}
+
+if [ "${DRY_RUN:-0}" != 1 ]; then
+  for f in "$DATA_DIR/lang_pairs.txt" "$DATA_DIR/lang_dict.txt" "$PRETRAINED"; do
+    [ -f "$f" ] || { echo "train.sh: $f is missing (DATA_DIR / PRETRAINED: run the prepare step first)" >&2; exit 2; }
+  done
+  LANG_PAIRS=$(cat "$DATA_DIR/lang_pairs.txt")
+else
+  LANG_PAIRS=${LANG_PAIRS:-$(lslo_all_pairs)}
+fi
+
+args=("$DATA_DIR" --user-dir "$USER_DIR"
+  --task translation_multi_simple_epoch --lang-pairs "$LANG_PAIRS" --lang-dict "$DATA_DIR/lang_dict.txt"
+  --encoder-langtok src --decoder-langtok
+  --sampling-method temperature --sampling-temperature "$SAMPLING_TEMPERATURE"
+  --finetune-from-model "$PRETRAINED" --save-dir "$SAVE_DIR"
+  $(lslo_dim_flags) --dropout "$DROPOUT" --attention-dropout "$ATTENTION_DROPOUT"
+  --label-smoothing "$LABEL_SMOOTHING" --adam-betas "(0.9, 0.98)"
+  --lr "$LR" --lr-scheduler inverse_sqrt --warmup-updates "$WARMUP_UPDATES"
+  --max-tokens "$MAX_TOKENS" --update-freq "$UPDATE_FREQ" --max-epoch "$MAX_EPOCH"
+  --ddp-backend "$DDP_BACKEND" --seed "$SEED" --log-format simple --log-interval "$LOG_INTERVAL"
+  --skip-invalid-size-inputs-valid-test --no-epoch-checkpoints
+  --save-interval-updates "$SAVE_INTERVAL_UPDATES" --keep-interval-updates 1 --num-workers "$NUM_WORKERS")
+[ "$MAX_UPDATE" != 0 ] && args+=(--max-update "$MAX_UPDATE")
+[ "$CPU" = 1 ] && args+=(--cpu)
+args+=($(lslo_fp16_flag))
+
+# The pruning schedule is given to the optimizer in updates; PRUNE_UNIT=epochs (the paper's
+# "from epoch 2 over 10 epochs") converts with UPDATES_PER_EPOCH, estimated from the data.
+world_size() {
+  if [[ "${DISTRIBUTED_ARGS:-}" =~ --distributed-world-size\ ([0-9]+) ]]; then echo "${BASH_REMATCH[1]}"
+  elif [ "$CPU" != 1 ] && command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi -L | grep -c GPU
+  else echo 1; fi
+}
+# epochs are fairseq's 1-based epoch numbers: epoch E starts after (E - 1) * UPDATES_PER_EPOCH updates
+prune_updates() {
+  if [ "$PRUNE_UNIT" = updates ]; then echo "$1"
+  else awk -v e="$1" -v u="$UPDATES_PER_EPOCH" 'BEGIN { x = (e - 1) * u; printf "%d\n", (x < 0 ? 0 : x) + 0.5 }'; fi
+}
+if [ "$METHOD" = lslo_prune ]; then
+  case "$PRUNE_UNIT" in
+    updates) UPDATES_PER_EPOCH=1 ;;
+    epochs)
+      if [ -n "${UPDATES_PER_EPOCH:-}" ]; then :
+      elif [ "${DRY_RUN:-0}" = 1 ] && [ ! -f "$DATA_DIR/langs.tsv" ]; then UPDATES_PER_EPOCH=1000
+        echo "train.sh: dry run without data: pruning schedule shown for UPDATES_PER_EPOCH=1000" >&2
+      else
+        UPDATES_PER_EPOCH=$("$LSLO_PYTHON" -m data_prep.epoch_size "$DATA_DIR" --max-tokens "$MAX_TOKENS" \
+          --update-freq "$UPDATE_FREQ" --world-size "$(world_size)")
+        echo "train.sh: about $UPDATES_PER_EPOCH updates per epoch (estimated; set UPDATES_PER_EPOCH to override)" >&2
+      fi ;;
+    *) echo "train.sh: PRUNE_UNIT=$PRUNE_UNIT: expected epochs or updates" >&2; exit 2 ;;
+  esac
+  PRUNE_START_UPDATES=$(prune_updates "$PRUNE_START")
+  PRUNE_END_UPDATES=$(prune_updates "$PRUNE_END")
+fi
+
+lslo_args=(--arch lslo_transformer --lslo-langs "$DATA_DIR/langs.tsv" --lslo-rank "$LSLO_RANK"
+  --lslo-encoder-positions "$ENC_POSITIONS" --lslo-decoder-positions "$DEC_POSITIONS")
+[ -n "$LSLO_ALPHA" ] && lslo_args+=(--lslo-alpha "$LSLO_ALPHA")
+[ -n "$LSLO_SHARED_RANK" ] && lslo_args+=(--lslo-shared-rank "$LSLO_SHARED_RANK")
+adam=(--optimizer adam)
+ls_ce=(--criterion label_smoothed_cross_entropy)
+
+case "$METHOD" in
+  full) method_args=(--arch transformer "${adam[@]}" "${ls_ce[@]}") ;;
+  shared) method_args=("${lslo_args[@]}" --lslo-encoder-routing shared --lslo-decoder-routing shared "${adam[@]}" "${ls_ce[@]}") ;;
+  lslo) method_args=("${lslo_args[@]}" --lslo-encoder-routing "$ENC_ROUTING" --lslo-decoder-routing "$DEC_ROUTING" "${adam[@]}" "${ls_ce[@]}") ;;
+  lslo_prune)
+    method_args=("${lslo_args[@]}" --lslo-encoder-routing "$ENC_ROUTING" --lslo-decoder-routing "$DEC_ROUTING" "${ls_ce[@]}"
+      --optimizer lslo_pruning --lslo-inner-optimizer adam --lslo-sparsity "$SPARSITY"
+      --lslo-prune-unit updates --lslo-prune-start "$PRUNE_START_UPDATES" --lslo-prune-end "$PRUNE_END_UPDATES"
+      --lslo-prune-scope "$PRUNE_SCOPE" --lslo-prune-factors "$PRUNE_FACTORS")
+    [ -n "$PRUNE_INTERVAL" ] && method_args+=(--lslo-prune-interval "$PRUNE_INTERVAL") ;;
+  search)
+    method_args=("${lslo_args[@]}" --lslo-encoder-routing "learn*$ENCODER_LAYERS" --lslo-decoder-routing "learn*$DECODER_LAYERS"
+      "${adam[@]}" --criterion lslo_label_smoothed_cross_entropy --lslo-routing-entropy-weight "$ROUTING_ENTROPY_WEIGHT") ;;
+  *) echo "train.sh: METHOD=$METHOD: expected full, shared, lslo, lslo_prune or search" >&2; exit 2 ;;
+esac
+
+# DISTRIBUTED_ARGS is set by the SLURM scripts (world size, port); EXTRA_TRAIN_ARGS is yours.
+# shellcheck disable=SC2086
+lslo_run "$LSLO_PYTHON" -m fairseq_cli.train "${args[@]}" "${method_args[@]}" ${DISTRIBUTED_ARGS:-} ${EXTRA_TRAIN_ARGS:-}
+
+if [ "$METHOD" = search ] && [ "${DRY_RUN:-0}" != 1 ] && [ "${SLURM_PROCID:-0}" = 0 ]; then
+  # The searched routing: per layer, the larger of the two learned weights wins.
+  lslo_run "$LSLO_PYTHON" -m fairseq_lslo.cli.arch "$SAVE_DIR/checkpoint_last.pt" --plot "$SAVE_DIR/arch.png" \
+    || echo "train.sh: lslo-arch failed (is fairseq_lslo.cli.arch installed?); the checkpoint is $SAVE_DIR/checkpoint_last.pt" >&2
+fi

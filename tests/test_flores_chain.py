@@ -1,0 +1,89 @@
+"""`make flores12` end to end on CPU with the fixture archives; DRY_RUN output of every method."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import flores_fixture
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = {**flores_fixture.TINY_DIMS, "CPU": "1", "VALID_SIZE": "8", "MAX_UPDATE": "3", "MAX_TOKENS": "2000",
+        "UPDATE_FREQ": "1", "WARMUP_UPDATES": "1", "LOG_INTERVAL": "1", "SAVE_INTERVAL_UPDATES": "0"}
+
+
+def make(target, env, timeout=300):
+    full = {**os.environ, "OMP_NUM_THREADS": "1", "LSLO_PYTHON": sys.executable, **env}
+    full.pop("MAKEFLAGS", None)
+    return subprocess.run(["make", "-s", target], cwd=REPO, env=full, capture_output=True, text=True, timeout=timeout)
+
+
+def test_make_flores12_end_to_end(tmp_path):
+    arch = flores_fixture.archives()
+    root = tmp_path / "flores"
+    env = {**TINY, "FLORES_ARCHIVE": arch["flores"], "MODEL_ARCHIVE": arch["model"], "DATA_ROOT": str(root),
+           # LSLo + pruning (the default METHOD), pruned within the few updates of this run
+           "PRUNE_UNIT": "updates", "PRUNE_START": "1", "PRUNE_END": "2", "PRUNE_INTERVAL": "1",
+           "EVAL_PAIRS": "en-fr,wo-zh", "EXTRA_GEN_ARGS": "--max-len-b 8",
+           "SCORE_SPM_MODEL": str(root / "flores101_mm100_615M" / "sentencepiece.bpe.model")}
+    r = make("flores12", env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    run = root / "runs" / "lang12-615M-lslo_prune"
+    ckpt = run / "checkpoints" / "checkpoint_best.pt"
+    assert ckpt.is_file()
+    rows = (run / "eval" / "scores.tsv").read_text().splitlines()
+    assert rows[0].split("\t") == ["src", "tgt", "src_group", "tgt_group", "spBLEU", "chrF++", "sentences"]
+    assert [row.split("\t")[:4] for row in rows[1:]] == [["en", "fr", "high", "high"], ["wo", "zh", "low", "medium"]]
+    for row in rows[1:]:
+        cols = row.split("\t")
+        assert 0.0 <= float(cols[4]) <= 100.0 and 0.0 <= float(cols[5]) <= 100.0 and cols[6] == "8"
+    md = (run / "eval" / "scores.md").read_text()
+    assert "| **high** |" in md and "| **low** |" in md and "(1)" in md
+    assert (run / "eval" / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sum(line.startswith("D-") for line in (run / "eval" / "gen" / "wo-zh.gen").read_text().splitlines()) == 8
+
+    # the checkpoint is an LSLo model over the 12 languages, and pruning removed weights
+    stats = subprocess.run([sys.executable, "-m", "fairseq_lslo.cli.stats", str(ckpt), "--json"], cwd=REPO,
+                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert stats.returncode == 0, stats.stderr
+    s = json.loads(stats.stdout)
+    assert sorted(s["languages"]) == sorted(["en", "fr", "it", "de", "nl", "zh", "ja", "ko", "oc", "or", "sd", "wo"])
+    assert s["total"]["nonzero_parameters"] < s["total"]["lslo_parameters"]
+
+    # a restarted (e.g. requeued) training job resumes from checkpoint_last.pt, not from the pretrained model
+    r = make("flores12", {**env, "STEPS": "train", "MAX_UPDATE": "4"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = r.stdout + r.stderr
+    assert "checkpoint_last.pt (epoch 1 @ 3 updates)" in log and "loading pretrained model" not in log
+
+    # rerunning data preparation does nothing
+    r = make("flores12", {**env, "STEPS": "download,prepare"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "up to date, nothing to do" in r.stdout and r.stderr.count("nothing to do") == 2
+
+
+@pytest.mark.parametrize("method,expect", [
+    ("full", ["--arch transformer", "--optimizer adam", "--lr 1e-4"]),
+    ("shared", ["--lslo-encoder-routing shared", "--lslo-decoder-routing shared"]),
+    ("lslo", ["--lslo-encoder-routing src\\*9\\,tgt\\*3", "--lslo-decoder-routing tgt\\*12", "--lr 3e-3"]),
+    ("lslo_prune", ["--optimizer lslo_pruning", "--lslo-prune-unit updates", "--lslo-prune-start 1000",
+                    "--lslo-prune-end 11000", "--lslo-sparsity 0.9"]),
+    ("search", ["--lslo-encoder-routing learn\\*12", "--criterion lslo_label_smoothed_cross_entropy"]),
+])
+def test_dry_run_prints_every_command(tmp_path, method, expect):
+    root = tmp_path / "never"
+    r = make("flores30", {"DRY_RUN": "1", "METHOD": method, "DATA_ROOT": str(root)})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert sum("data_prep.download" in x for x in lines) == 2
+    assert sum("data_prep.prepare" in x and "lang30.tsv" in x for x in lines) == 1
+    train = [x for x in lines if "fairseq_cli.train" in x]
+    assert len(train) == 1
+    for flag in expect:
+        assert flag in train[0], (flag, train[0][:3000])
+    assert "--sampling-temperature 5" in train[0] and "--label-smoothing 0.2" in train[0]
+    assert "--max-tokens 4000 --update-freq 4 --max-epoch 15" in train[0]
+    assert sum("fairseq_cli.generate" in x and "--beam 5" in x for x in lines) == 870  # 30 x 29 directions
+    assert sum("data_prep.score" in x for x in lines) == 1
+    assert not root.exists()  # nothing ran

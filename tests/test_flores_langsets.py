@@ -1,0 +1,44 @@
+"""The language-set files: the paper's Lang12, a balanced Lang30, readable by data_prep and --lslo-langs."""
+import collections
+import os
+
+from data_prep.langsets import directions, read_langset
+from fairseq_lslo.languages import LanguageInventory
+
+LANGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data_prep", "langs")
+
+
+def test_lang12_is_the_papers():
+    rows = read_langset(os.path.join(LANGS, "lang12.tsv"))
+    assert [(r.code, r.flores, r.group) for r in rows] == [
+        ("en", "eng", "high"), ("fr", "fra", "high"), ("it", "ita", "high"), ("de", "deu", "high"),
+        ("nl", "nld", "medium"), ("zh", "zho_simpl", "medium"), ("ja", "jpn", "medium"), ("ko", "kor", "medium"),
+        ("oc", "oci", "low"), ("or", "ory", "low"), ("sd", "snd", "low"), ("wo", "wol", "low")]
+    assert len(directions(rows)) == 132
+
+
+def test_lang30_is_balanced_and_extends_lang12():
+    rows = read_langset(os.path.join(LANGS, "lang30.tsv"))
+    assert collections.Counter(r.group for r in rows) == {"high": 10, "medium": 10, "low": 10}
+    assert len({r.flores for r in rows}) == 30
+    lang12 = {(r.code, r.flores, r.group) for r in read_langset(os.path.join(LANGS, "lang12.tsv"))}
+    assert lang12 <= {(r.code, r.flores, r.group) for r in rows}
+    assert len(directions(rows)) == 870
+
+
+def test_plugin_reads_the_same_files():
+    for name in ("lang12.tsv", "lang30.tsv"):
+        path = os.path.join(LANGS, name)
+        inv = LanguageInventory.from_spec(path)
+        assert inv.codes == [r.code for r in read_langset(path)]
+        assert inv.groups == ["high", "medium", "low"]
+
+
+def test_batch_packing_estimate():
+    from data_prep.epoch_size import count_batches
+    import numpy as np
+
+    # 20 sentences of 10 tokens, 100 tokens per batch: 10 fit, rounded down to 8 -> 8 + 8 + 4
+    assert count_batches(np.full(20, 10), 100) == 3
+    # sorted by length: the 5 long ones (50 tokens) go two per batch
+    assert count_batches(np.array([50] * 5 + [5] * 8), 100) == 1 + 3

@@ -1,0 +1,57 @@
+"""data_prep.score: per-direction scores, group averages (source group x target group), heatmap."""
+import os
+import subprocess
+import sys
+
+import sentencepiece as spm
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SENTS = {
+    "en": ["the cat sits on the mat", "a dog runs in the park", "we eat bread every day", "it rains a lot here"],
+    "fr": ["le chat est sur le tapis", "un chien court au parc", "nous mangeons du pain", "il pleut beaucoup ici"],
+    "wo": ["muus mi ngi toog", "xaj bi dafay daw", "danuy lekk mburu", "taw bi dafa bare"],
+}
+
+
+def gen_file(path, hyps):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("S-0\tignored\n")
+        for i, h in reversed(list(enumerate(hyps))):  # fairseq prints sentences out of order
+            f.write(f"H-{i}\t-0.5\t▁{h}\nD-{i}\t-0.5\t{h}\nP-{i}\t-0.1 -0.2\n")
+
+
+def test_scores_group_table_and_heatmap(tmp_path):
+    data, raw, gen, out = (tmp_path / d for d in ("bin", "raw", "gen", "eval"))
+    for d in (data, raw, gen):
+        d.mkdir()
+    (data / "langs.tsv").write_text("en\teng\thigh\nfr\tfra\thigh\nwo\twol\tlow\n")
+    for lang, sents in SENTS.items():
+        (raw / f"test.{lang}").write_text("\n".join(sents) + "\n")
+    text = tmp_path / "all.txt"
+    text.write_text("\n".join(s for v in SENTS.values() for s in v) + "\n")
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / "sp"), vocab_size=60,
+                                   hard_vocab_limit=False, minloglevel=2, num_threads=1)
+    gen_file(gen / "en-fr.gen", SENTS["fr"])  # perfect
+    gen_file(gen / "fr-en.gen", SENTS["en"])  # perfect
+    gen_file(gen / "en-wo.gen", ["zzz"] * 4)  # nothing right
+    gen_file(gen / "wo-en.gen", SENTS["en"])  # perfect
+    r = subprocess.run([sys.executable, "-m", "data_prep.score", "--data", str(data), "--raw", str(raw),
+                        "--gen-dir", str(gen), "--out-dir", str(out), "--spm-model", str(tmp_path / "sp.model"),
+                        "--pairs", "en-fr,fr-en,en-wo,wo-en"], cwd=REPO, capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    rows = {tuple(x.split("\t")[:2]): x.split("\t") for x in (out / "scores.tsv").read_text().splitlines()[1:]}
+    assert rows[("en", "fr")][4:] == ["100.00", "100.00", "4"]
+    assert float(rows[("en", "wo")][4]) < 5 and float(rows[("en", "wo")][5]) < 20
+    md = (out / "scores.md").read_text()
+    spbleu = md.split("| chrF++")[0]
+    assert "| **high** | 100.00 (2) | " + f"{float(rows[('en', 'wo')][4]):.2f} (1)" in spbleu
+    assert "| **low** | 100.00 (1) | - |" in spbleu
+    assert "| **all** | 100.00 (3) |" in spbleu
+    assert (out / "heatmap.png").stat().st_size > 1000
+
+    (gen / "en-fr.gen").write_text("D-0\t-1\tonly one\n")
+    r = subprocess.run([sys.executable, "-m", "data_prep.score", "--data", str(data), "--raw", str(raw),
+                        "--gen-dir", str(gen), "--out-dir", str(out), "--spm-model", str(tmp_path / "sp.model"),
+                        "--pairs", "en-fr,fr-wo"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "1 hypotheses for 4 references" in r.stderr
