@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import sys
+import gzip
 import tarfile
 import time
 import urllib.error
@@ -158,13 +159,20 @@ def verify(archive: str, entry: dict, sha256: Optional[str]) -> str:
         raise DataPrepError(f"{archive}: sha256 {actual} does not match the expected {expected}: corrupted or a different file")
     try:
         names = []
-        with tarfile.open(archive, "r:*") as tar:
-            for member in tar:
-                names.append(member.name)
-                if member.isfile():
-                    reader = tar.extractfile(member)
-                    while reader.read(1 << 20):
-                        pass
+        with open(archive, "rb") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
+        # one streaming pass: every member is read, then the rest of the gzip stream, whose
+        # trailer (CRC32 and length) gzip checks only at EOF -- tar's end blocks come before it
+        with (gzip.open(archive, "rb") if gzipped else open(archive, "rb")) as stream:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                for member in tar:
+                    names.append(member.name)
+                    if member.isfile():
+                        reader = tar.extractfile(member)
+                        while reader.read(1 << 20):
+                            pass
+            while stream.read(1 << 20):
+                pass
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise DataPrepError(f"{archive}: corrupted or truncated archive ({e})") from None
     root = find_root(names, entry["required"], archive)

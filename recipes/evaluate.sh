@@ -32,7 +32,7 @@ if [ "$EVAL_STAGE" != score ]; then
       --task translation_multi_simple_epoch --lang-pairs "$pair" --lang-dict "$DATA_DIR/lang_dict.txt" \
       --encoder-langtok src --decoder-langtok -s "${pair%-*}" -t "${pair#*-}" \
       --path "$CKPT" --gen-subset "$GEN_SUBSET" --beam "$BEAM" --remove-bpe sentencepiece \
-      --max-tokens "$GEN_MAX_TOKENS" "${flags[@]}" ${EXTRA_GEN_ARGS:-}
+      --max-tokens "$GEN_MAX_TOKENS" --required-batch-size-multiple 1 "${flags[@]}" ${EXTRA_GEN_ARGS:-}
   done
 fi
 
