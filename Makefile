@@ -10,13 +10,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lslo-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench clean help flores12 flores30
+.PHONY: install test demo bench soak clean help flores12 flores30
 
 help:
 	@echo "make demo     run the main job on the embedded synthetic benchmark (CPU, minutes)"
 	@echo "make test     run the test suite (installs first if needed)"
 	@echo "make install  create $(VENV) with torch, fairseq and this package (editable)"
 	@echo "make bench    speed/memory benchmarks -> results/bench/bench.json"
+	@echo "make soak     2,000-update CPU run with pruning: NaN and memory check -> results/bench/soak.json"
 	@echo "make flores12 FLORES-101 download -> prepare -> train -> evaluate (METHOD=, DRY_RUN=1, SLURM=1; see README)"
 
 install: $(STAMP)
@@ -37,6 +38,10 @@ demo: install
 
 bench: install
 	@echo "make bench: not implemented yet (tracked in issue 7)" >&2; exit 1
+
+SOAK_ARGS ?=
+soak: install
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) bench/soak.py $(SOAK_ARGS)
 
 # FLORES-101 chains: all logic lives in recipes/flores_chain.sh (variables: see the README).
 LSLO_PYTHON ?= $(if $(wildcard $(PY)),$(abspath $(PY)),$(PYTHON))
