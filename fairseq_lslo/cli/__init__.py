@@ -1,0 +1,1 @@
+"""Command-line tools (lslo-merge, lslo-export, ...): each module has a main()."""
