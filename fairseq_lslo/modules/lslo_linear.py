@@ -105,13 +105,25 @@ class LowRankBank(nn.Module):
     def delta(self, x: Tensor, slots: Optional[Tensor], uniform: Optional[int]) -> Tensor:
         """Adapter output for time-major ``x`` (T x batch x d_in); ``slots`` holds one id per sample.
 
-        ``uniform`` is the slot shared by the whole batch when there is one: then the
-        adapter is two plain matmuls.  Otherwise each sample gathers its own (padded) pair
-        and the low-rank products run as one batched matmul, with no loop over languages.
+        ``uniform`` is the slot shared by the whole batch when there is one (then ``x`` may have
+        any shape ``... x d_in``).  To add the adapter to an existing output, :meth:`add_delta`
+        is cheaper: it writes into that output instead of allocating this one.
+        """
+        return self.add_delta(x.new_zeros(x.shape[:-1] + (self.out_features,)), x, slots, uniform)
+
+    def add_delta(self, out: Tensor, x: Tensor, slots: Optional[Tensor], uniform: Optional[int]) -> Tensor:
+        """``out + delta(x)``, computed in place in ``out`` (autograd-safe: gradients are hand-written).
+
+        A uniform batch is two plain matrix products.  A mixed batch gathers each sample's
+        (zero-padded) pair and runs the low-rank products as batched matmuls over samples,
+        with no loop over languages; the result is accumulated straight into the time-major
+        ``out``, so no full-size temporary is allocated, and gradients are scattered back to
+        the slots' parameters with one ``index_add_`` per factor.
         """
         if uniform is not None:
             A, B = self.factors(uniform)
-            return F.linear(F.linear(x, A) * self.slot_scale[uniform], B)
+            scale = self.slot_scale[uniform : uniform + 1].to(x.dtype)
+            return _LowRankAdd.apply(out, x, A[None], B[None], scale, None)
         if slots is None or x.dim() != 3 or x.size(1) != slots.numel():
             raise RuntimeError(
                 f"LSLo expects time-major input (T x batch x dim) with one language per sample; "
@@ -119,11 +131,8 @@ class LowRankBank(nn.Module):
             )
         A_pad, B_pad = self._padded_stack()
         rows = self.slot_row.index_select(0, slots)
-        A_s = A_pad.index_select(0, rows)  # batch x r_max x d_in
-        B_s = B_pad.index_select(0, rows)  # batch x d_out x r_max
         scale = self.slot_scale.index_select(0, slots).to(x.dtype)
-        h = torch.bmm(x.transpose(0, 1), A_s.transpose(1, 2)) * scale[:, None, None]
-        return torch.bmm(h, B_s.transpose(1, 2)).transpose(0, 1)
+        return _LowRankAdd.apply(out, x, A_pad, B_pad, scale, rows)
 
     def delta_weight(self, slot: int) -> Tensor:
         """Dense ``(alpha / r_k) B_k A_k`` (d_out x d_in) of one slot, for merging."""
@@ -186,7 +195,7 @@ class LSLoLinear(nn.Linear):
             d_tgt = self.lslo_tgt.delta(x, *self.router.lookup("tgt"))
             return out + w[0] * d_src + w[1] * d_tgt
         bank = getattr(self, f"{LSLO_MARK}{self.route}")
-        return out + bank.delta(x, *self.router.lookup(self.route))
+        return bank.add_delta(out, x, *self.router.lookup(self.route))
 
     # --- merging (deployment) -------------------------------------------------------
     def delta_weight(self, src: Optional[int], tgt: Optional[int]) -> Tensor:
@@ -239,3 +248,59 @@ def _need(value: Optional[int], kind: str) -> int:
     if value is None:
         raise ValueError(f"a {kind} language id is needed for this module")
     return value
+
+
+class _LowRankAdd(torch.autograd.Function):
+    """``out[t, b] += scale[b] * B[row b] A[row b] x[t, b]`` in place, with hand-written gradients.
+
+    ``rows is None``: one pair for every position (``x``: ... x d_in, ``A``: 1 x r x d_in).
+    Otherwise ``x``/``out`` are time-major (T x N x d) and sample ``b`` uses pair
+    ``rows[b]`` of the stacks ``A`` (K x r x d_in) and ``B`` (K x d_out x r).
+    Writing into ``out`` (the frozen layer's output) avoids a full-size temporary and the
+    extra pass of adding it; the backward reads the incoming gradient in place (strided
+    batched matmuls) and scatters the per-sample factor gradients back to the K slots.
+    """
+
+    @staticmethod
+    def forward(ctx, out: Tensor, x: Tensor, A: Tensor, B: Tensor, scale: Tensor, rows: Optional[Tensor]):
+        if rows is None:
+            A_s, B_s = A, B
+            x_b = x.reshape(1, -1, x.size(-1))
+            out_b = out.view(1, -1, out.size(-1))
+        else:
+            A_s, B_s = A.index_select(0, rows), B.index_select(0, rows)
+            x_b, out_b = x.transpose(0, 1), out.transpose(0, 1)
+        h = torch.bmm(x_b, A_s.transpose(1, 2))  # N x T x r, before scaling
+        out_b.baddbmm_(h * scale[:, None, None], B_s.transpose(1, 2))
+        ctx.mark_dirty(out)
+        ctx.save_for_backward(x, A_s, B_s, h, scale, rows)
+        ctx.num_slots = A.size(0)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, A_s, B_s, h, scale, rows = ctx.saved_tensors
+        need_x, need_A, need_B, need_scale = ctx.needs_input_grad[1:5]
+        if rows is None:
+            g_b = grad_out.reshape(1, -1, grad_out.size(-1))
+            x_b = x.reshape(1, -1, x.size(-1))
+        else:
+            g_b, x_b = grad_out.transpose(0, 1), x.transpose(0, 1)
+        grad_x = grad_A = grad_B = grad_scale = None
+        g_h = torch.bmm(g_b, B_s)  # N x T x r: gradient of the scaled h
+        if need_B:
+            grad_B = torch.bmm(g_b.transpose(1, 2), h * scale[:, None, None])  # N x d_out x r
+        if need_scale:
+            grad_scale = (g_h * h).sum(dim=(1, 2))
+        g_h = g_h * scale[:, None, None]  # gradient of h before scaling
+        if need_A:
+            grad_A = torch.bmm(g_h.transpose(1, 2), x_b)  # N x r x d_in
+        if need_x:
+            grad_x = torch.bmm(g_h, A_s)
+            grad_x = grad_x.view(x.shape) if rows is None else grad_x.transpose(0, 1)
+        if rows is not None:
+            if grad_A is not None:
+                grad_A = grad_A.new_zeros((ctx.num_slots,) + grad_A.shape[1:]).index_add_(0, rows, grad_A)
+            if grad_B is not None:
+                grad_B = grad_B.new_zeros((ctx.num_slots,) + grad_B.shape[1:]).index_add_(0, rows, grad_B)
+        return grad_out, grad_x, grad_A, grad_B, grad_scale, None
