@@ -22,6 +22,7 @@ from fairseq.models.transformer import (
 )
 
 from ..languages import LSLoConfigError, language_token_ids, optional_index
+from ..modules.adapter_file import load_adapters
 from ..modules.lslo_linear import LSLoLinear, is_lslo_key
 from ..modules.placement import DECODER_POSITIONS, ENCODER_POSITIONS, ROUTES
 from ..modules.routing import BatchLanguages, LanguageResolver, LanguageRouter
@@ -100,6 +101,10 @@ class LSLoTransformerModel(TransformerModel):
                                 "first 3/4 of the layers src, the rest tgt)")
         group.add_argument("--lslo-decoder-routing", metavar="SPEC",
                            help="per-layer routing of the decoder, e.g. tgt*12 (default: tgt in every layer)")
+        group.add_argument("--lslo-adapters", metavar="FILE",
+                           help="load adapters exported by lslo-export onto the model (LSLo flags not given "
+                                "are taken from the file; flags that are given must match it). The base "
+                                "weights come from --finetune-from-model / --path as usual")
 
     @classmethod
     def build_model(cls, args, task):
@@ -108,6 +113,8 @@ class LSLoTransformerModel(TransformerModel):
         resolver = build_resolver(spec, task)  # checks languages and langtok flags before the big build
         model = super().build_model(args, task)
         model.install_lslo(spec, resolver)
+        if getattr(args, "lslo_adapters", None):
+            model.load_lslo_adapters(args.lslo_adapters)
         return model
 
     @classmethod
@@ -148,6 +155,36 @@ class LSLoTransformerModel(TransformerModel):
             p.requires_grad = is_lslo_key(name)
         self.register_buffer(CONFIG_KEY, spec.to_tensor())
         log_parameter_counts(self)
+
+    def load_lslo_adapters(self, path: str) -> None:
+        """Copy an lslo-export file's adapters and masks into the model (configurations must match).
+
+        A plain base checkpoint loaded afterwards (``--finetune-from-model``, ``--path``) has no
+        LSLo keys and leaves them as they are; an LSLo checkpoint (e.g. resuming) replaces them.
+        """
+        theirs, tensors = load_adapters(path)
+        diffs = self.lslo_spec.differences(theirs)
+        if diffs:
+            raise LSLoConfigError(
+                f"--lslo-adapters {path}: the file's LSLo configuration differs from the model's "
+                f"(flags vs file): " + "; ".join(diffs)
+            )
+        own = {k: v for k, v in self.state_dict().items() if is_lslo_key(k) and k != CONFIG_KEY}
+        missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+        if missing or extra:
+            raise LSLoConfigError(
+                f"--lslo-adapters {path}: tensors do not fit the model: missing {missing[:4]}, unexpected {extra[:4]}"
+            )
+        with torch.no_grad():
+            for key, target in own.items():
+                value = tensors[key]
+                if value.shape != target.shape:
+                    raise LSLoConfigError(
+                        f"--lslo-adapters {path}: {key} has shape {tuple(value.shape)}, the model "
+                        f"{tuple(target.shape)} (different model dimensions?)"
+                    )
+                target.copy_(value.to(target.dtype))
+        logger.info("LSLo: loaded adapters from %s", path)
 
     def lslo_modules(self) -> Dict[str, LSLoLinear]:
         return {n: m for n, m in self.named_modules() if isinstance(m, LSLoLinear)}
@@ -296,6 +333,8 @@ def _describe(side) -> str:
 
 # --- architectures -----------------------------------------------------------------------
 def lslo_base_architecture(args):
+    if getattr(args, "lslo_adapters", None):
+        fill_args_from_adapters(args, args.lslo_adapters)
     args.lslo_rank = getattr(args, "lslo_rank", None) or "2"
     if getattr(args, "lslo_alpha", None) is None:
         args.lslo_alpha = 1.0
@@ -304,6 +343,29 @@ def lslo_base_architecture(args):
     args.lslo_encoder_routing = getattr(args, "lslo_encoder_routing", None) or "auto"
     args.lslo_decoder_routing = getattr(args, "lslo_decoder_routing", None) or "auto"
     base_architecture(args)
+
+
+def fill_args_from_adapters(args, path: str) -> None:
+    """LSLo flags the user did not give are taken from the adapter file's configuration."""
+    from ..modules.placement import compact_routing
+
+    spec, _ = load_adapters(path)
+    ranks = {}
+    for (code, group), rank in zip(spec.languages, spec.ranks):
+        ranks.setdefault(group, rank)
+    values = {
+        "lslo_langs": ",".join(f"{code}:{group}" for code, group in spec.languages),
+        "lslo_rank": ",".join(f"{g}:{r}" for g, r in ranks.items()),
+        "lslo_alpha": spec.alpha,
+        "lslo_shared_rank": spec.shared_rank,
+        "lslo_encoder_positions": ",".join(spec.encoder.positions) or "none",
+        "lslo_decoder_positions": ",".join(spec.decoder.positions) or "none",
+        "lslo_encoder_routing": compact_routing(spec.encoder.routing),
+        "lslo_decoder_routing": compact_routing(spec.decoder.routing),
+    }
+    for name, value in values.items():
+        if getattr(args, name, None) in (None, ""):
+            setattr(args, name, value)
 
 
 @register_model_architecture("lslo_transformer", "lslo_transformer")
