@@ -127,3 +127,20 @@ def test_mixed_batch_needs_time_major_input():
     bank = random_bank(6)
     with pytest.raises(RuntimeError, match="time-major"):
         bank.delta(torch.randn(3, D_IN, dtype=torch.double), torch.tensor([0, 1, 2]), None)
+
+
+def test_inference_cache_follows_parameter_and_mask_updates():
+    """Without gradients the masked factors are memoised; in-place changes must invalidate them."""
+    bank = random_bank(7)
+    x = torch.randn(2, 3, D_IN, dtype=torch.double)
+    slots = torch.tensor([0, 3, 5])
+    for uniform, ids in ((None, slots), (3, None)):
+        want_slots = slots if uniform is None else torch.full((3,), uniform)
+        with torch.no_grad():
+            first = bank.delta(x, ids, uniform)
+            torch.testing.assert_close(first, reference_loop(bank, x, want_slots))
+            bank.B8.mul_(2.0)  # optimizer-style in-place update
+            bank.A2_mask.zero_()  # pruning-style mask update
+            second = bank.delta(x, ids, uniform)
+            torch.testing.assert_close(second, reference_loop(bank, x, want_slots))
+        assert not torch.equal(first, second)

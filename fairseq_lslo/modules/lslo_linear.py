@@ -120,19 +120,35 @@ class LowRankBank(nn.Module):
         ``out``, so no full-size temporary is allocated, and gradients are scattered back to
         the slots' parameters with one ``index_add_`` per factor.
         """
+        apply = _LowRankAdd.apply if torch.is_grad_enabled() else _low_rank_add_
         if uniform is not None:
-            A, B = self.factors(uniform)
+            A, B = self._cached(("slot", uniform), lambda: self.factors(uniform))
             scale = self.slot_scale[uniform : uniform + 1].to(x.dtype)
-            return _LowRankAdd.apply(out, x, A[None], B[None], scale, None)
+            return apply(out, x, A[None], B[None], scale, None)
         if slots is None or x.dim() != 3 or x.size(1) != slots.numel():
             raise RuntimeError(
                 f"LSLo expects time-major input (T x batch x dim) with one language per sample; "
                 f"got input {tuple(x.shape)} for {None if slots is None else slots.numel()} samples"
             )
-        A_pad, B_pad = self._padded_stack()
+        A_pad, B_pad = self._cached(("stack",), self._padded_stack)
         rows = self.slot_row.index_select(0, slots)
         scale = self.slot_scale.index_select(0, slots).to(x.dtype)
-        return _LowRankAdd.apply(out, x, A_pad, B_pad, scale, rows)
+        return apply(out, x, A_pad, B_pad, scale, rows)
+
+    def _cached(self, key: tuple, compute):
+        """``compute()`` (masked factors), memoised while gradients are off (decoding steps).
+
+        An entry is reused only while no factor or mask changed (same storage, same version
+        counter), so in-place updates, loading and dtype/device moves invalidate it.
+        """
+        if torch.is_grad_enabled():
+            return compute()
+        stamp = tuple((t.data_ptr(), t._version) for _, _, p, m in self.factor_tensors() for t in (p, m))
+        cache = self.__dict__.setdefault("_masked_cache", {})
+        hit = cache.get(key)
+        if hit is None or hit[0] != stamp:
+            hit = cache[key] = (stamp, compute())
+        return hit[1]
 
     def delta_weight(self, slot: int) -> Tensor:
         """Dense ``(alpha / r_k) B_k A_k`` (d_out x d_in) of one slot, for merging."""
@@ -250,6 +266,26 @@ def _need(value: Optional[int], kind: str) -> int:
     return value
 
 
+def _low_rank_add_parts(out: Tensor, x: Tensor, A: Tensor, B: Tensor, scale: Tensor, rows: Optional[Tensor]):
+    """The forward of :class:`_LowRankAdd` (in place in ``out``); returns what the backward needs."""
+    if rows is None:
+        A_s, B_s = A, B
+        x_b = x.reshape(1, -1, x.size(-1))
+        out_b = out.view(1, -1, out.size(-1))
+    else:
+        A_s, B_s = A.index_select(0, rows), B.index_select(0, rows)
+        x_b, out_b = x.transpose(0, 1), out.transpose(0, 1)
+    h = torch.bmm(x_b, A_s.transpose(1, 2))  # N x T x r, before scaling
+    out_b.baddbmm_(h * scale[:, None, None], B_s.transpose(1, 2))
+    return A_s, B_s, h
+
+
+def _low_rank_add_(out: Tensor, x: Tensor, A: Tensor, B: Tensor, scale: Tensor, rows: Optional[Tensor]) -> Tensor:
+    """:class:`_LowRankAdd` without autograd bookkeeping (inference)."""
+    _low_rank_add_parts(out, x, A, B, scale, rows)
+    return out
+
+
 class _LowRankAdd(torch.autograd.Function):
     """``out[t, b] += scale[b] * B[row b] A[row b] x[t, b]`` in place, with hand-written gradients.
 
@@ -263,15 +299,7 @@ class _LowRankAdd(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, out: Tensor, x: Tensor, A: Tensor, B: Tensor, scale: Tensor, rows: Optional[Tensor]):
-        if rows is None:
-            A_s, B_s = A, B
-            x_b = x.reshape(1, -1, x.size(-1))
-            out_b = out.view(1, -1, out.size(-1))
-        else:
-            A_s, B_s = A.index_select(0, rows), B.index_select(0, rows)
-            x_b, out_b = x.transpose(0, 1), out.transpose(0, 1)
-        h = torch.bmm(x_b, A_s.transpose(1, 2))  # N x T x r, before scaling
-        out_b.baddbmm_(h * scale[:, None, None], B_s.transpose(1, 2))
+        A_s, B_s, h = _low_rank_add_parts(out, x, A, B, scale, rows)
         ctx.mark_dirty(out)
         ctx.save_for_backward(x, A_s, B_s, h, scale, rows)
         ctx.num_slots = A.size(0)
