@@ -69,6 +69,19 @@ class LSLoTransformerDecoder(TransformerDecoderBase):
         self.lslo_router.set(BatchLanguages.from_encoder_out(encoder_out))
         return super().extract_features(prev_output_tokens, encoder_out, incremental_state, **kwargs)
 
+    def output_layer(self, features):
+        """As fairseq's, with features flattened first.
+
+        In incremental decoding the features are (batch x 1 x dim), transposed from
+        (1 x batch x dim); for a frozen projection torch.matmul then does not fold them into
+        one matrix product but runs one vector-matrix product per sample over the whole
+        vocabulary (several times slower).  Flattening (a view, no copy) restores one GEMM.
+        """
+        if self.adaptive_softmax is not None:
+            return super().output_layer(features)
+        flat = features.reshape(-1, features.size(-1))
+        return self.output_projection(flat).view(features.shape[:-1] + (-1,))
+
 
 @register_model("lslo_transformer")
 class LSLoTransformerModel(TransformerModel):

@@ -120,11 +120,13 @@ class LowRankBank(nn.Module):
         ``out``, so no full-size temporary is allocated, and gradients are scattered back to
         the slots' parameters with one ``index_add_`` per factor.
         """
+        shape = out.shape
+        out = _storage_owner(out)
         apply = _LowRankAdd.apply if torch.is_grad_enabled() else _low_rank_add_
         if uniform is not None:
             A, B = self._cached(("slot", uniform), lambda: self.factors(uniform))
             scale = self.slot_scale[uniform : uniform + 1].to(x.dtype)
-            return apply(out, x, A[None], B[None], scale, None)
+            return apply(out, x, A[None], B[None], scale, None).view(shape)
         if slots is None or x.dim() != 3 or x.size(1) != slots.numel():
             raise RuntimeError(
                 f"LSLo expects time-major input (T x batch x dim) with one language per sample; "
@@ -133,7 +135,7 @@ class LowRankBank(nn.Module):
         A_pad, B_pad = self._cached(("stack",), self._padded_stack)
         rows = self.slot_row.index_select(0, slots)
         scale = self.slot_scale.index_select(0, slots).to(x.dtype)
-        return apply(out, x, A_pad, B_pad, scale, rows)
+        return apply(out, x, A_pad, B_pad, scale, rows).view(shape)
 
     def _cached(self, key: tuple, compute):
         """``compute()`` (masked factors), memoised while gradients are off (decoding steps).
@@ -266,8 +268,28 @@ def _need(value: Optional[int], kind: str) -> int:
     return value
 
 
+def _storage_owner(out: Tensor) -> Tensor:
+    """``out``, or the tensor it merely reshapes (e.g. F.linear's 2-D result for 3-D input).
+
+    Writing in place into a view makes autograd copy the whole gradient in the backward;
+    writing into the tensor that owns the memory does not.
+    """
+    base = out._base
+    if (
+        base is not None
+        and out.is_contiguous()
+        and base.is_contiguous()
+        and base.numel() == out.numel()
+        and base.data_ptr() == out.data_ptr()
+        and base.dtype == out.dtype
+    ):
+        return base
+    return out
+
+
 def _low_rank_add_parts(out: Tensor, x: Tensor, A: Tensor, B: Tensor, scale: Tensor, rows: Optional[Tensor]):
     """The forward of :class:`_LowRankAdd` (in place in ``out``); returns what the backward needs."""
+    out = out.view(x.shape[:-1] + (out.size(-1),))
     if rows is None:
         A_s, B_s = A, B
         x_b = x.reshape(1, -1, x.size(-1))
@@ -308,6 +330,8 @@ class _LowRankAdd(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         x, A_s, B_s, h, scale, rows = ctx.saved_tensors
+        grad_in = grad_out  # shaped like ``out`` (possibly flattened); the gradient of out is passed on
+        grad_out = grad_out.reshape(x.shape[:-1] + (grad_out.size(-1),))
         need_x, need_A, need_B, need_scale = ctx.needs_input_grad[1:5]
         if rows is None:
             g_b = grad_out.reshape(1, -1, grad_out.size(-1))
@@ -331,4 +355,4 @@ class _LowRankAdd(torch.autograd.Function):
                 grad_A = grad_A.new_zeros((ctx.num_slots,) + grad_A.shape[1:]).index_add_(0, rows, grad_A)
             if grad_B is not None:
                 grad_B = grad_B.new_zeros((ctx.num_slots,) + grad_B.shape[1:]).index_add_(0, rows, grad_B)
-        return grad_out, grad_x, grad_A, grad_B, grad_scale, None
+        return grad_in, grad_x, grad_A, grad_B, grad_scale, None
