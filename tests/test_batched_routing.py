@@ -144,3 +144,29 @@ def test_inference_cache_follows_parameter_and_mask_updates():
             second = bank.delta(x, ids, uniform)
             torch.testing.assert_close(second, reference_loop(bank, x, want_slots))
         assert not torch.equal(first, second)
+
+
+@pytest.mark.parametrize("uniform", [None, 3])
+def test_fused_linear_matches_reference_and_gradcheck(uniform):
+    """linear_with_delta (the path LSLoLinear takes) against F.linear + the loop, incl. weight/bias grads."""
+    bank = random_bank(8)
+    torch.manual_seed(8)
+    weight = torch.randn(D_OUT, D_IN, dtype=torch.double, requires_grad=True)
+    bias = torch.randn(D_OUT, dtype=torch.double, requires_grad=True)
+    slots = torch.tensor([1, 4, 4, 0, 2])
+    ids = slots if uniform is None else None
+    want_slots = slots if uniform is None else torch.full((5,), uniform)
+    x = torch.randn(3, 5, D_IN, dtype=torch.double, requires_grad=True)
+    grad = torch.randn(3, 5, D_OUT, dtype=torch.double)
+    results = []
+    for fn in (lambda: F.linear(x, weight, bias) + reference_loop(bank, x, want_slots),
+               lambda: bank.linear_with_delta(x, weight, bias, ids, uniform)):
+        bank.zero_grad(set_to_none=True)
+        for t in (x, weight, bias):
+            t.grad = None
+        fn().backward(grad)
+        results.append([x.grad, weight.grad, bias.grad] + [
+            p.grad if p.grad is not None else torch.zeros_like(p) for _, _, p, _ in bank.factor_tensors()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+    assert torch.autograd.gradcheck(lambda x, w, b: bank.linear_with_delta(x, w, b, ids, uniform), (x, weight, bias))

@@ -127,15 +127,35 @@ class LowRankBank(nn.Module):
             A, B = self._cached(("slot", uniform), lambda: self.factors(uniform))
             scale = self.slot_scale[uniform : uniform + 1].to(x.dtype)
             return apply(out, x, A[None], B[None], scale, None).view(shape)
+        self._check_time_major(x, slots)
+        A_pad, B_pad = self._cached(("stack",), self._padded_stack)
+        rows = self.slot_row.index_select(0, slots)
+        scale = self.slot_scale.index_select(0, slots).to(x.dtype)
+        return apply(out, x, A_pad, B_pad, scale, rows).view(shape)
+
+    def linear_with_delta(
+        self, x: Tensor, weight: Tensor, bias: Optional[Tensor], slots: Optional[Tensor], uniform: Optional[int]
+    ) -> Tensor:
+        """``F.linear(x, weight, bias) + delta(x)``, fused (see :class:`_LinearLowRank`)."""
+        if not torch.is_grad_enabled():
+            return self.add_delta(F.linear(x, weight, bias), x, slots, uniform)
+        if uniform is not None:
+            A, B = self.factors(uniform)
+            scale = self.slot_scale[uniform : uniform + 1].to(x.dtype)
+            return _LinearLowRank.apply(x, weight, bias, A[None], B[None], scale, None)
+        self._check_time_major(x, slots)
+        A_pad, B_pad = self._padded_stack()
+        rows = self.slot_row.index_select(0, slots)
+        scale = self.slot_scale.index_select(0, slots).to(x.dtype)
+        return _LinearLowRank.apply(x, weight, bias, A_pad, B_pad, scale, rows)
+
+    @staticmethod
+    def _check_time_major(x: Tensor, slots: Optional[Tensor]) -> None:
         if slots is None or x.dim() != 3 or x.size(1) != slots.numel():
             raise RuntimeError(
                 f"LSLo expects time-major input (T x batch x dim) with one language per sample; "
                 f"got input {tuple(x.shape)} for {None if slots is None else slots.numel()} samples"
             )
-        A_pad, B_pad = self._cached(("stack",), self._padded_stack)
-        rows = self.slot_row.index_select(0, slots)
-        scale = self.slot_scale.index_select(0, slots).to(x.dtype)
-        return apply(out, x, A_pad, B_pad, scale, rows).view(shape)
 
     def _cached(self, key: tuple, compute):
         """``compute()`` (masked factors), memoised while gradients are off (decoding steps).
@@ -203,6 +223,9 @@ class LSLoLinear(nn.Linear):
         return torch.softmax(self.lslo_mix.float(), dim=0) if self.route == "learn" else None
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.merged is None and self.route != "learn":
+            bank = getattr(self, f"{LSLO_MARK}{self.route}")
+            return bank.linear_with_delta(x, self.weight, self.bias, *self.router.lookup(self.route))
         out = F.linear(x, self.weight, self.bias)
         if self.merged is not None:
             self._check_merged_routing()
@@ -212,8 +235,6 @@ class LSLoLinear(nn.Linear):
             d_src = self.lslo_src.delta(x, *self.router.lookup("src"))
             d_tgt = self.lslo_tgt.delta(x, *self.router.lookup("tgt"))
             return out + w[0] * d_src + w[1] * d_tgt
-        bank = getattr(self, f"{LSLO_MARK}{self.route}")
-        return bank.add_delta(out, x, *self.router.lookup(self.route))
 
     # --- merging (deployment) -------------------------------------------------------
     def delta_weight(self, src: Optional[int], tgt: Optional[int]) -> Tensor:
@@ -308,6 +329,44 @@ def _low_rank_add_(out: Tensor, x: Tensor, A: Tensor, B: Tensor, scale: Tensor, 
     return out
 
 
+def _low_rank_backward(ctx, grad_out: Tensor, grad_x: Optional[Tensor], need_x: bool):
+    """Gradients of the low-rank part: (grad_x, grad_A, grad_B, grad_scale).
+
+    ``grad_x``, when given, is the input gradient of the frozen map (shaped like ``x``):
+    the low-rank part is accumulated into it in place instead of into a new tensor.
+    """
+    x, A_s, B_s, h, scale, rows = ctx.saved_tensors[:6]
+    need_A, need_B, need_scale = ctx.need_factors
+    grad_out = grad_out.reshape(x.shape[:-1] + (grad_out.size(-1),))
+    if rows is None:
+        g_b = grad_out.reshape(1, -1, grad_out.size(-1))
+        x_b = x.reshape(1, -1, x.size(-1))
+    else:
+        g_b, x_b = grad_out.transpose(0, 1), x.transpose(0, 1)
+    grad_A = grad_B = grad_scale = None
+    g_h = torch.bmm(g_b, B_s)  # N x T x r: gradient of the scaled h
+    if need_B:
+        grad_B = torch.bmm(g_b.transpose(1, 2), h * scale[:, None, None])  # N x d_out x r
+    if need_scale:
+        grad_scale = (g_h * h).sum(dim=(1, 2))
+    g_h = g_h * scale[:, None, None]  # gradient of h before scaling
+    if need_A:
+        grad_A = torch.bmm(g_h.transpose(1, 2), x_b)  # N x r x d_in
+    if need_x:
+        if grad_x is None:
+            grad_x = torch.bmm(g_h, A_s)
+            grad_x = grad_x.view(x.shape) if rows is None else grad_x.transpose(0, 1)
+        else:
+            target = grad_x.view(1, -1, x.size(-1)) if rows is None else grad_x.transpose(0, 1)
+            target.baddbmm_(g_h, A_s)
+    if rows is not None:
+        if grad_A is not None:
+            grad_A = grad_A.new_zeros((ctx.num_slots,) + grad_A.shape[1:]).index_add_(0, rows, grad_A)
+        if grad_B is not None:
+            grad_B = grad_B.new_zeros((ctx.num_slots,) + grad_B.shape[1:]).index_add_(0, rows, grad_B)
+    return grad_x, grad_A, grad_B, grad_scale
+
+
 class _LowRankAdd(torch.autograd.Function):
     """``out[t, b] += scale[b] * B[row b] A[row b] x[t, b]`` in place, with hand-written gradients.
 
@@ -325,34 +384,41 @@ class _LowRankAdd(torch.autograd.Function):
         ctx.mark_dirty(out)
         ctx.save_for_backward(x, A_s, B_s, h, scale, rows)
         ctx.num_slots = A.size(0)
+        ctx.need_factors = ctx.needs_input_grad[2:5]
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        x, A_s, B_s, h, scale, rows = ctx.saved_tensors
-        grad_in = grad_out  # shaped like ``out`` (possibly flattened); the gradient of out is passed on
-        grad_out = grad_out.reshape(x.shape[:-1] + (grad_out.size(-1),))
-        need_x, need_A, need_B, need_scale = ctx.needs_input_grad[1:5]
-        if rows is None:
-            g_b = grad_out.reshape(1, -1, grad_out.size(-1))
-            x_b = x.reshape(1, -1, x.size(-1))
-        else:
-            g_b, x_b = grad_out.transpose(0, 1), x.transpose(0, 1)
-        grad_x = grad_A = grad_B = grad_scale = None
-        g_h = torch.bmm(g_b, B_s)  # N x T x r: gradient of the scaled h
-        if need_B:
-            grad_B = torch.bmm(g_b.transpose(1, 2), h * scale[:, None, None])  # N x d_out x r
-        if need_scale:
-            grad_scale = (g_h * h).sum(dim=(1, 2))
-        g_h = g_h * scale[:, None, None]  # gradient of h before scaling
-        if need_A:
-            grad_A = torch.bmm(g_h.transpose(1, 2), x_b)  # N x r x d_in
-        if need_x:
-            grad_x = torch.bmm(g_h, A_s)
-            grad_x = grad_x.view(x.shape) if rows is None else grad_x.transpose(0, 1)
-        if rows is not None:
-            if grad_A is not None:
-                grad_A = grad_A.new_zeros((ctx.num_slots,) + grad_A.shape[1:]).index_add_(0, rows, grad_A)
-            if grad_B is not None:
-                grad_B = grad_B.new_zeros((ctx.num_slots,) + grad_B.shape[1:]).index_add_(0, rows, grad_B)
-        return grad_in, grad_x, grad_A, grad_B, grad_scale, None
+        grads = _low_rank_backward(ctx, grad_out, None, ctx.needs_input_grad[1])
+        return (grad_out,) + grads + (None,)
+
+
+class _LinearLowRank(torch.autograd.Function):
+    """``F.linear(x, weight, bias)`` plus the routed low-rank update, fused.
+
+    The same arithmetic as ``_LowRankAdd`` on top of the frozen map, but owning the frozen
+    map's backward too: the low-rank input gradient is accumulated in place into
+    ``grad_out @ weight`` instead of being a second full-size tensor that autograd adds.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], A: Tensor, B: Tensor, scale: Tensor,
+                rows: Optional[Tensor]):
+        x2 = x.reshape(-1, x.size(-1))
+        out = torch.addmm(bias, x2, weight.t()) if bias is not None else torch.mm(x2, weight.t())
+        A_s, B_s, h = _low_rank_add_parts(out, x, A, B, scale, rows)
+        ctx.save_for_backward(x, A_s, B_s, h, scale, rows, weight)
+        ctx.num_slots = A.size(0)
+        ctx.need_factors = ctx.needs_input_grad[3:6]
+        return out.view(x.shape[:-1] + (out.size(-1),))
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, weight = ctx.saved_tensors[0], ctx.saved_tensors[6]
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        g2 = grad_out.reshape(-1, grad_out.size(-1))
+        grad_x = torch.mm(g2, weight).view(x.shape) if need_x else None
+        grad_x, grad_A, grad_B, grad_scale = _low_rank_backward(ctx, grad_out, grad_x, need_x)
+        grad_w = torch.mm(g2.t(), x.reshape(-1, x.size(-1))) if need_w else None
+        grad_b = g2.sum(0) if need_b else None
+        return grad_x, grad_w, grad_b, grad_A, grad_B, grad_scale, None
