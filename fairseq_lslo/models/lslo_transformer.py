@@ -7,6 +7,7 @@ share the original weights.  Everything that is not LSLo is frozen.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Dict, List, Optional
 
 import torch
@@ -126,8 +127,17 @@ class LSLoTransformerModel(TransformerModel):
         resolver = build_resolver(spec, task)  # checks languages and langtok flags before the big build
         model = super().build_model(args, task)
         model.install_lslo(spec, resolver)
-        if getattr(args, "lslo_adapters", None):
-            model.load_lslo_adapters(args.lslo_adapters)
+        model.lslo_adapters_pending = None
+        path = getattr(args, "lslo_adapters", None)
+        if path and os.path.exists(path):
+            model.load_lslo_adapters(path)
+        elif path:
+            # e.g. resuming or generating from a checkpoint trained with --lslo-adapters after the
+            # file was moved: that checkpoint carries the adapters itself.  Anything else fails
+            # in load_state_dict (or here, at the first forward pass, if nothing is loaded).
+            logger.warning("LSLo: --lslo-adapters %s does not exist; the checkpoint loaded next must "
+                           "carry LSLo weights", path)
+            model.lslo_adapters_pending = path
         return model
 
     @classmethod
@@ -220,6 +230,8 @@ class LSLoTransformerModel(TransformerModel):
         lslo_src_lang: Optional[Tensor] = None,
         lslo_tgt_lang: Optional[Tensor] = None,
     ):
+        if getattr(self, "lslo_adapters_pending", None):
+            raise LSLoConfigError(f"--lslo-adapters {self.lslo_adapters_pending}: no such file")
         # in training and validation the target language is in prev_output_tokens; the
         # encoder needs it too (target-routed encoder layers)
         if lslo_tgt_lang is None:
@@ -259,6 +271,13 @@ class LSLoTransformerModel(TransformerModel):
                     "checkpoint): " + "; ".join(diffs)
                 )
         has_lslo = any(is_lslo_key(k) for k in state_dict)
+        pending = getattr(self, "lslo_adapters_pending", None)
+        if pending and not has_lslo:
+            raise LSLoConfigError(
+                f"--lslo-adapters {pending}: no such file, and the checkpoint being loaded has no LSLo "
+                f"weights to use instead"
+            )
+        self.lslo_adapters_pending = None
         result = super().load_state_dict(state_dict, strict=False, model_cfg=model_cfg, args=args)
         missing = [k for k in result.missing_keys if has_lslo or not is_lslo_key(k)]
         unexpected = list(result.unexpected_keys)
@@ -346,7 +365,7 @@ def _describe(side) -> str:
 
 # --- architectures -----------------------------------------------------------------------
 def lslo_base_architecture(args):
-    if getattr(args, "lslo_adapters", None):
+    if getattr(args, "lslo_adapters", None) and os.path.exists(args.lslo_adapters):
         fill_args_from_adapters(args, args.lslo_adapters)
     args.lslo_rank = getattr(args, "lslo_rank", None) or "2"
     if getattr(args, "lslo_alpha", None) is None:
