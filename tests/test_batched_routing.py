@@ -170,3 +170,23 @@ def test_fused_linear_matches_reference_and_gradcheck(uniform):
     for a, b in zip(*results):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
     assert torch.autograd.gradcheck(lambda x, w, b: bank.linear_with_delta(x, w, b, ids, uniform), (x, weight, bias))
+
+
+def test_autocast_mixes_dtypes_like_fairseq_amp():
+    """Under autocast the frozen output is low precision and the factors fp32: gradients keep their dtypes."""
+    torch.manual_seed(9)
+    bank = LowRankBank(D_IN, D_OUT, RANKS, 1.0)
+    with torch.no_grad():
+        for _, _, p, _ in bank.factor_tensors():
+            p.normal_()
+    weight = torch.randn(D_OUT, D_IN)
+    x = torch.randn(3, 4, D_IN, requires_grad=True)
+    slots = torch.tensor([0, 3, 5, 3])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = bank.linear_with_delta(x, weight, None, slots, None)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and bank.A8.grad.dtype == torch.float32
+    with torch.no_grad():
+        ref = F.linear(x, weight) + reference_loop(bank, x, slots)
+    torch.testing.assert_close(y.float(), ref, rtol=0.05, atol=0.5)

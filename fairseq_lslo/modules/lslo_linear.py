@@ -309,7 +309,13 @@ def _storage_owner(out: Tensor) -> Tensor:
 
 
 def _low_rank_add_parts(out: Tensor, x: Tensor, A: Tensor, B: Tensor, scale: Tensor, rows: Optional[Tensor]):
-    """The forward of :class:`_LowRankAdd` (in place in ``out``); returns what the backward needs."""
+    """The forward of :class:`_LowRankAdd` (in place in ``out``); returns what the backward needs.
+
+    Everything is computed in ``out``'s dtype (under autocast the frozen map's output may be
+    half precision while the factors are fp32).
+    """
+    dtype = out.dtype
+    x, A, B, scale = x.to(dtype), A.to(dtype), B.to(dtype), scale.to(dtype)
     out = out.view(x.shape[:-1] + (out.size(-1),))
     if rows is None:
         A_s, B_s = A, B
@@ -320,7 +326,7 @@ def _low_rank_add_parts(out: Tensor, x: Tensor, A: Tensor, B: Tensor, scale: Ten
         x_b, out_b = x.transpose(0, 1), out.transpose(0, 1)
     h = torch.bmm(x_b, A_s.transpose(1, 2))  # N x T x r, before scaling
     out_b.baddbmm_(h * scale[:, None, None], B_s.transpose(1, 2))
-    return A_s, B_s, h
+    return x, A_s, B_s, h, scale
 
 
 def _low_rank_add_(out: Tensor, x: Tensor, A: Tensor, B: Tensor, scale: Tensor, rows: Optional[Tensor]) -> Tensor:
@@ -337,7 +343,7 @@ def _low_rank_backward(ctx, grad_out: Tensor, grad_x: Optional[Tensor], need_x: 
     """
     x, A_s, B_s, h, scale, rows = ctx.saved_tensors[:6]
     need_A, need_B, need_scale = ctx.need_factors
-    grad_out = grad_out.reshape(x.shape[:-1] + (grad_out.size(-1),))
+    grad_out = grad_out.to(h.dtype).reshape(x.shape[:-1] + (grad_out.size(-1),))
     if rows is None:
         g_b = grad_out.reshape(1, -1, grad_out.size(-1))
         x_b = x.reshape(1, -1, x.size(-1))
@@ -380,7 +386,7 @@ class _LowRankAdd(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, out: Tensor, x: Tensor, A: Tensor, B: Tensor, scale: Tensor, rows: Optional[Tensor]):
-        A_s, B_s, h = _low_rank_add_parts(out, x, A, B, scale, rows)
+        x, A_s, B_s, h, scale = _low_rank_add_parts(out, x, A, B, scale, rows)
         ctx.mark_dirty(out)
         ctx.save_for_backward(x, A_s, B_s, h, scale, rows)
         ctx.num_slots = A.size(0)
@@ -406,7 +412,7 @@ class _LinearLowRank(torch.autograd.Function):
                 rows: Optional[Tensor]):
         x2 = x.reshape(-1, x.size(-1))
         out = torch.addmm(bias, x2, weight.t()) if bias is not None else torch.mm(x2, weight.t())
-        A_s, B_s, h = _low_rank_add_parts(out, x, A, B, scale, rows)
+        x, A_s, B_s, h, scale = _low_rank_add_parts(out, x, A, B, scale, rows)
         ctx.save_for_backward(x, A_s, B_s, h, scale, rows, weight)
         ctx.num_slots = A.size(0)
         ctx.need_factors = ctx.needs_input_grad[3:6]
@@ -416,8 +422,8 @@ class _LinearLowRank(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         x, weight = ctx.saved_tensors[0], ctx.saved_tensors[6]
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        g2 = grad_out.reshape(-1, grad_out.size(-1))
-        grad_x = torch.mm(g2, weight).view(x.shape) if need_x else None
+        g2 = grad_out.to(x.dtype).reshape(-1, grad_out.size(-1))
+        grad_x = torch.mm(g2, weight.to(x.dtype)).view(x.shape) if need_x else None
         grad_x, grad_A, grad_B, grad_scale = _low_rank_backward(ctx, grad_out, grad_x, need_x)
         grad_w = torch.mm(g2.t(), x.reshape(-1, x.size(-1))) if need_w else None
         grad_b = g2.sum(0) if need_b else None
