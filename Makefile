@@ -36,8 +36,10 @@ test: install
 demo: install
 	@echo "make demo: not implemented yet (tracked in issue 6)" >&2; exit 1
 
+# CPU by default; BENCH_ARGS="--device cuda" on a GPU (-> results/bench/bench-gpu.json)
+BENCH_ARGS ?=
 bench: install
-	@echo "make bench: not implemented yet (tracked in issue 7)" >&2; exit 1
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m fairseq_lslo.bench $(BENCH_ARGS)
 
 SOAK_ARGS ?=
 soak: install

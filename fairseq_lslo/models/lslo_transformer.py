@@ -7,6 +7,7 @@ share the original weights.  Everything that is not LSLo is frozen.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Dict, List, Optional
 
 import torch
@@ -23,6 +24,7 @@ from fairseq.models.transformer import (
 
 from ..data_check import check_binarized
 from ..languages import LSLoConfigError, language_token_ids, optional_index
+from ..modules.adapter_file import load_adapters
 from ..modules.lslo_linear import LSLoLinear, is_lslo_key
 from ..modules.placement import DECODER_POSITIONS, ENCODER_POSITIONS, ROUTES
 from ..modules.pruning import publish_prunable
@@ -70,6 +72,19 @@ class LSLoTransformerDecoder(TransformerDecoderBase):
         self.lslo_router.set(BatchLanguages.from_encoder_out(encoder_out))
         return super().extract_features(prev_output_tokens, encoder_out, incremental_state, **kwargs)
 
+    def output_layer(self, features):
+        """As fairseq's, with features flattened first.
+
+        In incremental decoding the features are (batch x 1 x dim), transposed from
+        (1 x batch x dim); for a frozen projection torch.matmul then does not fold them into
+        one matrix product but runs one vector-matrix product per sample over the whole
+        vocabulary (several times slower).  Flattening (a view, no copy) restores one GEMM.
+        """
+        if self.adaptive_softmax is not None:
+            return super().output_layer(features)
+        flat = features.reshape(-1, features.size(-1))
+        return self.output_projection(flat).view(features.shape[:-1] + (-1,))
+
 
 @register_model("lslo_transformer")
 class LSLoTransformerModel(TransformerModel):
@@ -102,6 +117,10 @@ class LSLoTransformerModel(TransformerModel):
                                 "first 3/4 of the layers src, the rest tgt)")
         group.add_argument("--lslo-decoder-routing", metavar="SPEC",
                            help="per-layer routing of the decoder, e.g. tgt*12 (default: tgt in every layer)")
+        group.add_argument("--lslo-adapters", metavar="FILE",
+                           help="load adapters exported by lslo-export onto the model (LSLo flags not given "
+                                "are taken from the file; flags that are given must match it). The base "
+                                "weights come from --finetune-from-model / --path as usual")
 
     @classmethod
     def build_model(cls, args, task):
@@ -111,6 +130,17 @@ class LSLoTransformerModel(TransformerModel):
         check_training_data(task)
         model = super().build_model(args, task)
         model.install_lslo(spec, resolver)
+        model.lslo_adapters_pending = None
+        path = getattr(args, "lslo_adapters", None)
+        if path and os.path.exists(path):
+            model.load_lslo_adapters(path)
+        elif path:
+            # e.g. resuming or generating from a checkpoint trained with --lslo-adapters after the
+            # file was moved: that checkpoint carries the adapters itself.  Anything else fails
+            # in load_state_dict (or here, at the first forward pass, if nothing is loaded).
+            logger.warning("LSLo: --lslo-adapters %s does not exist; the checkpoint loaded next must "
+                           "carry LSLo weights", path)
+            model.lslo_adapters_pending = path
         return model
 
     @classmethod
@@ -158,6 +188,36 @@ class LSLoTransformerModel(TransformerModel):
         super().set_num_updates(num_updates)
         self.lslo_num_updates = int(num_updates)
 
+    def load_lslo_adapters(self, path: str) -> None:
+        """Copy an lslo-export file's adapters and masks into the model (configurations must match).
+
+        A plain base checkpoint loaded afterwards (``--finetune-from-model``, ``--path``) has no
+        LSLo keys and leaves them as they are; an LSLo checkpoint (e.g. resuming) replaces them.
+        """
+        theirs, tensors = load_adapters(path)
+        diffs = self.lslo_spec.differences(theirs)
+        if diffs:
+            raise LSLoConfigError(
+                f"--lslo-adapters {path}: the file's LSLo configuration differs from the model's "
+                f"(flags vs file): " + "; ".join(diffs)
+            )
+        own = {k: v for k, v in self.state_dict().items() if is_lslo_key(k) and k != CONFIG_KEY}
+        missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+        if missing or extra:
+            raise LSLoConfigError(
+                f"--lslo-adapters {path}: tensors do not fit the model: missing {missing[:4]}, unexpected {extra[:4]}"
+            )
+        with torch.no_grad():
+            for key, target in own.items():
+                value = tensors[key]
+                if value.shape != target.shape:
+                    raise LSLoConfigError(
+                        f"--lslo-adapters {path}: {key} has shape {tuple(value.shape)}, the model "
+                        f"{tuple(target.shape)} (different model dimensions?)"
+                    )
+                target.copy_(value.to(target.dtype))
+        logger.info("LSLo: loaded adapters from %s", path)
+
     def lslo_modules(self) -> Dict[str, LSLoLinear]:
         return {n: m for n, m in self.named_modules() if isinstance(m, LSLoLinear)}
 
@@ -179,6 +239,8 @@ class LSLoTransformerModel(TransformerModel):
         lslo_src_lang: Optional[Tensor] = None,
         lslo_tgt_lang: Optional[Tensor] = None,
     ):
+        if getattr(self, "lslo_adapters_pending", None):
+            raise LSLoConfigError(f"--lslo-adapters {self.lslo_adapters_pending}: no such file")
         # in training and validation the target language is in prev_output_tokens; the
         # encoder needs it too (target-routed encoder layers)
         if lslo_tgt_lang is None:
@@ -218,6 +280,13 @@ class LSLoTransformerModel(TransformerModel):
                     "checkpoint): " + "; ".join(diffs)
                 )
         has_lslo = any(is_lslo_key(k) for k in state_dict)
+        pending = getattr(self, "lslo_adapters_pending", None)
+        if pending and not has_lslo:
+            raise LSLoConfigError(
+                f"--lslo-adapters {pending}: no such file, and the checkpoint being loaded has no LSLo "
+                f"weights to use instead"
+            )
+        self.lslo_adapters_pending = None
         result = super().load_state_dict(state_dict, strict=False, model_cfg=model_cfg, args=args)
         missing = [k for k in result.missing_keys if has_lslo or not is_lslo_key(k)]
         unexpected = list(result.unexpected_keys)
@@ -318,6 +387,8 @@ def _describe(side) -> str:
 
 # --- architectures -----------------------------------------------------------------------
 def lslo_base_architecture(args):
+    if getattr(args, "lslo_adapters", None) and os.path.exists(args.lslo_adapters):
+        fill_args_from_adapters(args, args.lslo_adapters)
     args.lslo_rank = getattr(args, "lslo_rank", None) or "2"
     if getattr(args, "lslo_alpha", None) is None:
         args.lslo_alpha = 1.0
@@ -326,6 +397,29 @@ def lslo_base_architecture(args):
     args.lslo_encoder_routing = getattr(args, "lslo_encoder_routing", None) or "auto"
     args.lslo_decoder_routing = getattr(args, "lslo_decoder_routing", None) or "auto"
     base_architecture(args)
+
+
+def fill_args_from_adapters(args, path: str) -> None:
+    """LSLo flags the user did not give are taken from the adapter file's configuration."""
+    from ..modules.placement import compact_routing
+
+    spec, _ = load_adapters(path)
+    ranks = {}
+    for (code, group), rank in zip(spec.languages, spec.ranks):
+        ranks.setdefault(group, rank)
+    values = {
+        "lslo_langs": ",".join(f"{code}:{group}" for code, group in spec.languages),
+        "lslo_rank": ",".join(f"{g}:{r}" for g, r in ranks.items()),
+        "lslo_alpha": spec.alpha,
+        "lslo_shared_rank": spec.shared_rank,
+        "lslo_encoder_positions": ",".join(spec.encoder.positions) or "none",
+        "lslo_decoder_positions": ",".join(spec.decoder.positions) or "none",
+        "lslo_encoder_routing": compact_routing(spec.encoder.routing),
+        "lslo_decoder_routing": compact_routing(spec.decoder.routing),
+    }
+    for name, value in values.items():
+        if getattr(args, name, None) in (None, ""):
+            setattr(args, name, value)
 
 
 @register_model_architecture("lslo_transformer", "lslo_transformer")

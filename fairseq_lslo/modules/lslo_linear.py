@@ -105,26 +105,72 @@ class LowRankBank(nn.Module):
     def delta(self, x: Tensor, slots: Optional[Tensor], uniform: Optional[int]) -> Tensor:
         """Adapter output for time-major ``x`` (T x batch x d_in); ``slots`` holds one id per sample.
 
-        ``uniform`` is the slot shared by the whole batch when there is one: then the
-        adapter is two plain matmuls.  Otherwise each sample gathers its own (padded) pair
-        and the low-rank products run as one batched matmul, with no loop over languages.
+        ``uniform`` is the slot shared by the whole batch when there is one (then ``x`` may have
+        any shape ``... x d_in``).  To add the adapter to an existing output, :meth:`add_delta`
+        is cheaper: it writes into that output instead of allocating this one.
         """
+        return self.add_delta(x.new_zeros(x.shape[:-1] + (self.out_features,)), x, slots, uniform)
+
+    def add_delta(self, out: Tensor, x: Tensor, slots: Optional[Tensor], uniform: Optional[int]) -> Tensor:
+        """``out + delta(x)``, computed in place in ``out`` (autograd-safe: gradients are hand-written).
+
+        A uniform batch is two plain matrix products.  A mixed batch gathers each sample's
+        (zero-padded) pair and runs the low-rank products as batched matmuls over samples,
+        with no loop over languages; the result is accumulated straight into the time-major
+        ``out``, so no full-size temporary is allocated, and gradients are scattered back to
+        the slots' parameters with one ``index_add_`` per factor.
+        """
+        shape = out.shape
+        out = _storage_owner(out)
+        apply = _LowRankAdd.apply if torch.is_grad_enabled() else _low_rank_add_
+        if uniform is not None:
+            A, B = self._cached(("slot", uniform), lambda: self.factors(uniform))
+            scale = self.slot_scale[uniform : uniform + 1].to(x.dtype)
+            return apply(out, x, A[None], B[None], scale, None).view(shape)
+        self._check_time_major(x, slots)
+        A_pad, B_pad = self._cached(("stack",), self._padded_stack)
+        rows = self.slot_row.index_select(0, slots)
+        scale = self.slot_scale.index_select(0, slots).to(x.dtype)
+        return apply(out, x, A_pad, B_pad, scale, rows).view(shape)
+
+    def linear_with_delta(
+        self, x: Tensor, weight: Tensor, bias: Optional[Tensor], slots: Optional[Tensor], uniform: Optional[int]
+    ) -> Tensor:
+        """``F.linear(x, weight, bias) + delta(x)``, fused (see :class:`_LinearLowRank`)."""
+        if not torch.is_grad_enabled():
+            return self.add_delta(F.linear(x, weight, bias), x, slots, uniform)
         if uniform is not None:
             A, B = self.factors(uniform)
-            h = F.linear(x, A)
-            return F.linear(h * self.slot_scale[uniform].to(h.dtype), B)
+            scale = self.slot_scale[uniform : uniform + 1].to(x.dtype)
+            return _LinearLowRank.apply(x, weight, bias, A[None], B[None], scale, None)
+        self._check_time_major(x, slots)
+        A_pad, B_pad = self._padded_stack()
+        rows = self.slot_row.index_select(0, slots)
+        scale = self.slot_scale.index_select(0, slots).to(x.dtype)
+        return _LinearLowRank.apply(x, weight, bias, A_pad, B_pad, scale, rows)
+
+    @staticmethod
+    def _check_time_major(x: Tensor, slots: Optional[Tensor]) -> None:
         if slots is None or x.dim() != 3 or x.size(1) != slots.numel():
             raise RuntimeError(
                 f"LSLo expects time-major input (T x batch x dim) with one language per sample; "
                 f"got input {tuple(x.shape)} for {None if slots is None else slots.numel()} samples"
             )
-        A_pad, B_pad = self._padded_stack()
-        rows = self.slot_row.index_select(0, slots)
-        A_s = A_pad.index_select(0, rows)  # batch x r_max x d_in
-        B_s = B_pad.index_select(0, rows)  # batch x d_out x r_max
-        scale = self.slot_scale.index_select(0, slots).to(x.dtype)
-        h = torch.bmm(x.transpose(0, 1), A_s.transpose(1, 2)) * scale[:, None, None]
-        return torch.bmm(h, B_s.transpose(1, 2)).transpose(0, 1)
+
+    def _cached(self, key: tuple, compute):
+        """``compute()`` (masked factors), memoised while gradients are off (decoding steps).
+
+        An entry is reused only while no factor or mask changed (same storage, same version
+        counter), so in-place updates, loading and dtype/device moves invalidate it.
+        """
+        if torch.is_grad_enabled():
+            return compute()
+        stamp = tuple((t.data_ptr(), t._version) for _, _, p, m in self.factor_tensors() for t in (p, m))
+        cache = self.__dict__.setdefault("_masked_cache", {})
+        hit = cache.get(key)
+        if hit is None or hit[0] != stamp:
+            hit = cache[key] = (stamp, compute())
+        return hit[1]
 
     def delta_weight(self, slot: int) -> Tensor:
         """Dense ``(alpha / r_k) B_k A_k`` (d_out x d_in) of one slot, for merging."""
@@ -177,6 +223,9 @@ class LSLoLinear(nn.Linear):
         return torch.softmax(self.lslo_mix.float(), dim=0) if self.route == "learn" else None
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.merged is None and self.route != "learn":
+            bank = getattr(self, f"{LSLO_MARK}{self.route}")
+            return bank.linear_with_delta(x, self.weight, self.bias, *self.router.lookup(self.route))
         out = F.linear(x, self.weight, self.bias)
         if self.merged is not None:
             self._check_merged_routing()
@@ -186,8 +235,6 @@ class LSLoLinear(nn.Linear):
             d_src = self.lslo_src.delta(x, *self.router.lookup("src"))
             d_tgt = self.lslo_tgt.delta(x, *self.router.lookup("tgt"))
             return out + w[0] * d_src + w[1] * d_tgt
-        bank = getattr(self, f"{LSLO_MARK}{self.route}")
-        return out + bank.delta(x, *self.router.lookup(self.route))
 
     # --- merging (deployment) -------------------------------------------------------
     def delta_weight(self, src: Optional[int], tgt: Optional[int]) -> Tensor:
@@ -240,3 +287,144 @@ def _need(value: Optional[int], kind: str) -> int:
     if value is None:
         raise ValueError(f"a {kind} language id is needed for this module")
     return value
+
+
+def _storage_owner(out: Tensor) -> Tensor:
+    """``out``, or the tensor it merely reshapes (e.g. F.linear's 2-D result for 3-D input).
+
+    Writing in place into a view makes autograd copy the whole gradient in the backward;
+    writing into the tensor that owns the memory does not.
+    """
+    base = out._base
+    if (
+        base is not None
+        and out.is_contiguous()
+        and base.is_contiguous()
+        and base.numel() == out.numel()
+        and base.data_ptr() == out.data_ptr()
+        and base.dtype == out.dtype
+    ):
+        return base
+    return out
+
+
+def _low_rank_add_parts(out: Tensor, x: Tensor, A: Tensor, B: Tensor, scale: Tensor, rows: Optional[Tensor]):
+    """The forward of :class:`_LowRankAdd` (in place in ``out``); returns what the backward needs.
+
+    Everything is computed in ``out``'s dtype (under autocast the frozen map's output may be
+    half precision while the factors are fp32).
+    """
+    dtype = out.dtype
+    x, A, B, scale = x.to(dtype), A.to(dtype), B.to(dtype), scale.to(dtype)
+    out = out.view(x.shape[:-1] + (out.size(-1),))
+    if rows is None:
+        A_s, B_s = A, B
+        x_b = x.reshape(1, -1, x.size(-1))
+        out_b = out.view(1, -1, out.size(-1))
+    else:
+        A_s, B_s = A.index_select(0, rows), B.index_select(0, rows)
+        x_b, out_b = x.transpose(0, 1), out.transpose(0, 1)
+    h = torch.bmm(x_b, A_s.transpose(1, 2))  # N x T x r, before scaling
+    out_b.baddbmm_(h * scale[:, None, None], B_s.transpose(1, 2))
+    return x, A_s, B_s, h, scale
+
+
+def _low_rank_add_(out: Tensor, x: Tensor, A: Tensor, B: Tensor, scale: Tensor, rows: Optional[Tensor]) -> Tensor:
+    """:class:`_LowRankAdd` without autograd bookkeeping (inference)."""
+    _low_rank_add_parts(out, x, A, B, scale, rows)
+    return out
+
+
+def _low_rank_backward(ctx, grad_out: Tensor, grad_x: Optional[Tensor], need_x: bool):
+    """Gradients of the low-rank part: (grad_x, grad_A, grad_B, grad_scale).
+
+    ``grad_x``, when given, is the input gradient of the frozen map (shaped like ``x``):
+    the low-rank part is accumulated into it in place instead of into a new tensor.
+    """
+    x, A_s, B_s, h, scale, rows = ctx.saved_tensors[:6]
+    need_A, need_B, need_scale = ctx.need_factors
+    grad_out = grad_out.to(h.dtype).reshape(x.shape[:-1] + (grad_out.size(-1),))
+    if rows is None:
+        g_b = grad_out.reshape(1, -1, grad_out.size(-1))
+        x_b = x.reshape(1, -1, x.size(-1))
+    else:
+        g_b, x_b = grad_out.transpose(0, 1), x.transpose(0, 1)
+    grad_A = grad_B = grad_scale = None
+    g_h = torch.bmm(g_b, B_s)  # N x T x r: gradient of the scaled h
+    if need_B:
+        grad_B = torch.bmm(g_b.transpose(1, 2), h * scale[:, None, None])  # N x d_out x r
+    if need_scale:
+        grad_scale = (g_h * h).sum(dim=(1, 2))
+    g_h = g_h * scale[:, None, None]  # gradient of h before scaling
+    if need_A:
+        grad_A = torch.bmm(g_h.transpose(1, 2), x_b)  # N x r x d_in
+    if need_x:
+        if grad_x is None:
+            grad_x = torch.bmm(g_h, A_s)
+            grad_x = grad_x.view(x.shape) if rows is None else grad_x.transpose(0, 1)
+        else:
+            target = grad_x.view(1, -1, x.size(-1)) if rows is None else grad_x.transpose(0, 1)
+            target.baddbmm_(g_h, A_s)
+    if rows is not None:
+        if grad_A is not None:
+            grad_A = grad_A.new_zeros((ctx.num_slots,) + grad_A.shape[1:]).index_add_(0, rows, grad_A)
+        if grad_B is not None:
+            grad_B = grad_B.new_zeros((ctx.num_slots,) + grad_B.shape[1:]).index_add_(0, rows, grad_B)
+    return grad_x, grad_A, grad_B, grad_scale
+
+
+class _LowRankAdd(torch.autograd.Function):
+    """``out[t, b] += scale[b] * B[row b] A[row b] x[t, b]`` in place, with hand-written gradients.
+
+    ``rows is None``: one pair for every position (``x``: ... x d_in, ``A``: 1 x r x d_in).
+    Otherwise ``x``/``out`` are time-major (T x N x d) and sample ``b`` uses pair
+    ``rows[b]`` of the stacks ``A`` (K x r x d_in) and ``B`` (K x d_out x r).
+    Writing into ``out`` (the frozen layer's output) avoids a full-size temporary and the
+    extra pass of adding it; the backward reads the incoming gradient in place (strided
+    batched matmuls) and scatters the per-sample factor gradients back to the K slots.
+    """
+
+    @staticmethod
+    def forward(ctx, out: Tensor, x: Tensor, A: Tensor, B: Tensor, scale: Tensor, rows: Optional[Tensor]):
+        x, A_s, B_s, h, scale = _low_rank_add_parts(out, x, A, B, scale, rows)
+        ctx.mark_dirty(out)
+        ctx.save_for_backward(x, A_s, B_s, h, scale, rows)
+        ctx.num_slots = A.size(0)
+        ctx.need_factors = ctx.needs_input_grad[2:5]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        grads = _low_rank_backward(ctx, grad_out, None, ctx.needs_input_grad[1])
+        return (grad_out,) + grads + (None,)
+
+
+class _LinearLowRank(torch.autograd.Function):
+    """``F.linear(x, weight, bias)`` plus the routed low-rank update, fused.
+
+    The same arithmetic as ``_LowRankAdd`` on top of the frozen map, but owning the frozen
+    map's backward too: the low-rank input gradient is accumulated in place into
+    ``grad_out @ weight`` instead of being a second full-size tensor that autograd adds.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], A: Tensor, B: Tensor, scale: Tensor,
+                rows: Optional[Tensor]):
+        x2 = x.reshape(-1, x.size(-1))
+        out = torch.addmm(bias, x2, weight.t()) if bias is not None else torch.mm(x2, weight.t())
+        x, A_s, B_s, h, scale = _low_rank_add_parts(out, x, A, B, scale, rows)
+        ctx.save_for_backward(x, A_s, B_s, h, scale, rows, weight)
+        ctx.num_slots = A.size(0)
+        ctx.need_factors = ctx.needs_input_grad[3:6]
+        return out.view(x.shape[:-1] + (out.size(-1),))
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, weight = ctx.saved_tensors[0], ctx.saved_tensors[6]
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        g2 = grad_out.to(x.dtype).reshape(-1, grad_out.size(-1))
+        grad_x = torch.mm(g2, weight.to(x.dtype)).view(x.shape) if need_x else None
+        grad_x, grad_A, grad_B, grad_scale = _low_rank_backward(ctx, grad_out, grad_x, need_x)
+        grad_w = torch.mm(g2.t(), x.reshape(-1, x.size(-1))) if need_w else None
+        grad_b = g2.sum(0) if need_b else None
+        return grad_x, grad_w, grad_b, grad_A, grad_B, grad_scale, None

@@ -1,0 +1,54 @@
+"""``lslo-export``: the adapters of an LSLo checkpoint, without the base model, as safetensors.
+
+    lslo-export checkpoints/checkpoint_best.pt -o adapters.safetensors
+
+The file holds the LSLo weights, their pruning masks and the LSLo configuration, nothing
+else and no pickle; pruned factors are stored sparsely (see
+:mod:`fairseq_lslo.modules.adapter_file` for the format).  Load it onto a base model with
+the model flag ``--lslo-adapters FILE``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from ..checkpoint_io import CheckpointError, load_checkpoint
+from ..languages import LSLoConfigError
+from ..modules.adapter_file import adapter_tensors, save_adapters
+from ..modules.adapter_state import CONFIG_KEY
+from ..modules.spec import LSLoSpec
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lslo-export",
+        description="Write the LSLo adapters, masks and configuration of a checkpoint to a safetensors file "
+                    "(pruned adapters stored sparsely).",
+    )
+    p.add_argument("checkpoint", help="LSLo checkpoint (e.g. checkpoints/checkpoint_best.pt)")
+    p.add_argument("-o", "--output", required=True, help="adapter file to write (.safetensors)")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        model = load_checkpoint(args.checkpoint)["model"]
+        if CONFIG_KEY not in model:
+            raise LSLoConfigError(f"{args.checkpoint}: no LSLo configuration (lslo_config): not an LSLo checkpoint")
+        spec = LSLoSpec.from_tensor(model[CONFIG_KEY])
+        lslo = adapter_tensors(model)
+        size = save_adapters(args.output, spec, lslo)
+    except (CheckpointError, LSLoConfigError, ValueError) as e:
+        print(f"lslo-export: error: {e}", file=sys.stderr)
+        return 2
+    total = sum(v.numel() for k, v in lslo.items() if not k.endswith("_mask"))
+    kept = sum(int(v.sum()) for k, v in lslo.items() if k.endswith("_mask"))
+    print(f"lslo-export: wrote {args.output}: {size:,} bytes, {len(lslo)} tensors, "
+          f"{kept:,} kept of {total:,} adapter weights")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
