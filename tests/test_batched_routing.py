@@ -190,3 +190,23 @@ def test_autocast_mixes_dtypes_like_fairseq_amp():
     with torch.no_grad():
         ref = F.linear(x, weight) + reference_loop(bank, x, slots)
     torch.testing.assert_close(y.float(), ref, rtol=0.05, atol=0.5)
+
+
+def test_eval_after_an_optimizer_step_sees_the_new_weights():
+    """fairseq's optimizers write through p.data (no version bump): validation must not reuse
+    factors memoised before the step."""
+    bank = random_bank(5)
+    x = torch.randn(4, 3, D_IN, dtype=torch.double)
+    slots = torch.tensor([0, 3, 1])
+    bank.eval()
+    with torch.no_grad():
+        before = bank.delta(x, slots, None).clone()
+    bank.train()
+    for p in bank.parameters():
+        p.data.add_(0.5)  # what fairseq's Adam does
+    bank.eval()
+    with torch.no_grad():
+        after = bank.delta(x, slots, None)
+        expected = reference_loop(bank, x, slots)
+    assert not torch.equal(before, after)
+    torch.testing.assert_close(after, expected)

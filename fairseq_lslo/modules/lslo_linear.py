@@ -142,12 +142,14 @@ class LowRankBank(nn.Module):
         if uniform is not None:
             A, B = self.factors(uniform)
             scale = self.slot_scale[uniform : uniform + 1].to(x.dtype)
-            return _LinearLowRank.apply(x, weight, bias, A[None], B[None], scale, None)
+            return _LinearLowRank.apply(x, weight, bias, A[None], B[None], scale, None).view(
+                x.shape[:-1] + (weight.size(0),))
         self._check_time_major(x, slots)
         A_pad, B_pad = self._padded_stack()
         rows = self.slot_row.index_select(0, slots)
         scale = self.slot_scale.index_select(0, slots).to(x.dtype)
-        return _LinearLowRank.apply(x, weight, bias, A_pad, B_pad, scale, rows)
+        return _LinearLowRank.apply(x, weight, bias, A_pad, B_pad, scale, rows).view(
+            x.shape[:-1] + (weight.size(0),))
 
     @staticmethod
     def _check_time_major(x: Tensor, slots: Optional[Tensor]) -> None:
@@ -157,11 +159,19 @@ class LowRankBank(nn.Module):
                 f"got input {tuple(x.shape)} for {None if slots is None else slots.numel()} samples"
             )
 
+    def train(self, mode: bool = True):
+        """Also forget the memoised factors: fairseq's optimizers update weights through
+        ``p.data``, which the version-counter stamp of :meth:`_cached` cannot see, and fairseq
+        switches modes around every training step, validation and generation."""
+        self.__dict__.pop("_masked_cache", None)
+        return super().train(mode)
+
     def _cached(self, key: tuple, compute):
         """``compute()`` (masked factors), memoised while gradients are off (decoding steps).
 
         An entry is reused only while no factor or mask changed (same storage, same version
-        counter), so in-place updates, loading and dtype/device moves invalidate it.
+        counter) and the module's mode was not set since: in-place updates through autograd-
+        visible ops, loading, dtype/device moves and every train()/eval() invalidate it.
         """
         if torch.is_grad_enabled():
             return compute()
@@ -416,7 +426,9 @@ class _LinearLowRank(torch.autograd.Function):
         ctx.save_for_backward(x, A_s, B_s, h, scale, rows, weight)
         ctx.num_slots = A.size(0)
         ctx.need_factors = ctx.needs_input_grad[3:6]
-        return out.view(x.shape[:-1] + (out.size(-1),))
+        # the 2-D result itself, not a view of it: callers (fairseq's attention: q *= scaling)
+        # modify it in place, which autograd forbids on a view made inside a custom Function
+        return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
