@@ -278,7 +278,9 @@ def bench_training(dims: dict, batch: int, length: int, device: torch.device, cl
             k: sum(p.numel() for p in m.parameters() if p.requires_grad) for k, m in models.items()
         },
     }
-    del full, lslo, opts, models
+    opts.clear()
+    models.clear()
+    del full, lslo
     gc.collect()
     return result
 

@@ -13,6 +13,7 @@ import collections
 import functools
 import os
 import pickle
+import re
 import shutil
 import tempfile
 import typing
@@ -58,18 +59,37 @@ def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
     allow_fairseq_checkpoints()
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, KeyError) as e:
+    except Exception as e:  # torch.load on arbitrary bytes raises anything (IndexError, KeyError, ...)
         raise _unreadable(path, e) from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: a torch file, but not a fairseq checkpoint (no 'model' entry)")
     return state
 
 
+def looks_like_torch_file(path: str) -> bool:
+    """A zip archive (torch >= 1.6) or a legacy pickle-format torch file."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"  # pickle protocol marker that legacy torch.save writes first
+
+
 def _unreadable(path: str, error: BaseException) -> CheckpointError:
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return CheckpointError(
-        f"{path}: not a readable torch checkpoint (truncated, corrupt, or not a checkpoint): {first}"
-    )
+    """A precise message for a file torch could not load (never advice to disable safe loading)."""
+    text = str(error)
+    blocked = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if blocked:
+        return CheckpointError(
+            f"{path}: holds a pickled {blocked.group(1)}, which safe loading (weights_only) does not allow; "
+            f"fairseq_lslo allow-lists only what fairseq checkpoints contain"
+        )
+    if os.path.isfile(path) and not looks_like_torch_file(path):
+        return CheckpointError(
+            f"{path}: not a readable torch checkpoint (not a complete zip archive as torch.save writes: "
+            f"truncated, corrupt, or another kind of file)"
+        )
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return CheckpointError(f"{path}: not a readable torch checkpoint (truncated, corrupt, or not a checkpoint): {first}")
 
 
 def name_unreadable_checkpoints_in_fairseq() -> None:
@@ -86,6 +106,8 @@ def name_unreadable_checkpoints_in_fairseq() -> None:
 
     @functools.wraps(original)
     def load_checkpoint_to_cpu(path, *args, **kwargs):
+        if os.path.isfile(path) and not looks_like_torch_file(path):
+            raise _unreadable(path, ValueError("unknown format"))
         try:
             return original(path, *args, **kwargs)
         except FileNotFoundError:

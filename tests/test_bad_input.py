@@ -3,10 +3,12 @@ and nothing already written (checkpoints, data) is touched."""
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
-from conftest import BIN, CLI_DIMS, CLI_LSLO, CLI_TRAIN, TASK, run
+from conftest import BIN, CLI_DIMS, CLI_LSLO, CLI_TRAIN, ROOT, TASK, cli_env, run
 
 
 def digest(*dirs) -> dict:
@@ -78,7 +80,7 @@ def test_truncated_checkpoint(copy_of, tmp_path):
     fresh = str(tmp_path / "fresh")
     before = digest(data, save)
     out = train(data, fresh, "--finetune-from-model", bad)
-    assert f"{bad}: not a readable torch checkpoint (truncated, corrupt, or not a checkpoint)" in out
+    assert f"{bad}: not a readable torch checkpoint (not a complete zip archive as torch.save writes" in out
     assert digest(data, save) == before
     assert not os.path.exists(os.path.join(fresh, "checkpoint_last.pt"))
 
@@ -89,3 +91,54 @@ def test_language_missing_from_lslo_langs(copy_of):
     out = train(data, save, "--lslo-langs", "en:high,fr:high", "--lslo-rank", "2")
     assert "language 'de' of --lang-pairs is not in --lslo-langs (en:high,fr:high); add it as de:GROUP" in out
     assert digest(data, save) == before
+
+
+TOOLS = {
+    "stats": [],
+    "arch": [],
+    "merge": ["--source-lang", "en", "--target-lang", "de", "-o", "{out}"],
+    "export": ["-o", "{out}"],
+}
+
+
+#: one subprocess per tool (each starts fairseq: seconds); every kind of bad file is covered
+#: for all tools in-process below, since they all read checkpoints through load_checkpoint
+TOOL_CASES = [("stats", "text"), ("arch", "truncated"), ("merge", "directory"), ("export", "truncated")]
+
+
+def bad_file(kind, trained, tmp_path):
+    if kind == "text":
+        path = tmp_path / "notes.pt"
+        path.write_text("these are not weights\n")
+    elif kind == "truncated":
+        path = tmp_path / "cut.pt"
+        with open(os.path.join(trained.lslo_dir, "checkpoint_last.pt"), "rb") as f:
+            path.write_bytes(f.read()[:5000])
+    else:
+        path = tmp_path / "a_directory"
+        path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize("tool, kind", TOOL_CASES)
+def test_lslo_tools_given_a_file_that_is_not_a_checkpoint(trained, tmp_path, tool, kind):
+    path = bad_file(kind, trained, tmp_path)
+    out = tmp_path / "out.file"
+    out.write_bytes(b"precious")  # an existing output must survive a failed run
+    args = [a.format(out=out) for a in TOOLS[tool]]
+    proc = subprocess.run([sys.executable, "-m", f"fairseq_lslo.cli.{tool}", str(path), *args],
+                          capture_output=True, text=True, cwd=ROOT, env=cli_env())
+    assert proc.returncode != 0
+    message = proc.stderr.strip().splitlines()[-1]
+    assert str(path) in message and ("not a readable torch checkpoint" in message or "directory" in message), message
+    assert "Traceback" not in proc.stderr
+    assert out.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated", "directory"])
+def test_every_kind_of_bad_file_is_a_checkpoint_error(trained, tmp_path, kind):
+    from fairseq_lslo.checkpoint_io import CheckpointError, load_checkpoint
+
+    path = bad_file(kind, trained, tmp_path)
+    with pytest.raises(CheckpointError, match=str(path)):
+        load_checkpoint(str(path))
