@@ -433,9 +433,9 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     out = args.out or os.path.join("results", "bench", "bench-gpu.json" if device.type == "cuda" else "bench.json")
     report = run(device, args.quick)
-    from .checkpoint_io import _atomic_write
+    from .checkpoint_io import atomic_write
 
-    _atomic_write(out, lambda f: f.write((json.dumps(report, indent=2, default=str) + "\n").encode("utf-8")))
+    atomic_write(out, lambda f: f.write((json.dumps(report, indent=2, default=str) + "\n").encode("utf-8")))
     print(table(report))
     print(f"\nwritten to {out}")
     return 0

@@ -138,7 +138,7 @@ def make_fairseq_checkpoint_copies_atomic() -> None:
         if os.path.exists(dst_path) and not overwrite:
             return False
         with open(src_path, "rb") as src:
-            _atomic_write(dst_path, lambda f: shutil.copyfileobj(src, f, 1 << 20))
+            atomic_write(dst_path, lambda f: shutil.copyfileobj(src, f, 1 << 20))
         return True
 
     copy.lslo_wrapped = True
@@ -147,10 +147,10 @@ def make_fairseq_checkpoint_copies_atomic() -> None:
 
 def atomic_torch_save(obj: Any, path: str) -> None:
     """Write ``obj`` to a temporary file next to ``path``, then rename it into place."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def _atomic_write(path: str, write) -> None:
+def atomic_write(path: str, write) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)

@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from ..checkpoint_io import CheckpointError, _atomic_write, load_checkpoint
+from ..checkpoint_io import CheckpointError, atomic_write, load_checkpoint
 from ..modules.placement import compact_routing
 from ..modules.search import LayerChoice, choose_routing, mix_logits_from_state
 from ..modules.spec import LSLoSpec
@@ -151,7 +151,7 @@ def plot(doc: dict, path: str) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format=fmt, dpi=120)
     plt.close(fig)
-    _atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
 def plot_format(path: str) -> str:

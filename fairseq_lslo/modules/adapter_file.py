@@ -26,6 +26,7 @@ from typing import Dict, Mapping, Tuple
 import torch
 from torch import Tensor
 
+from ..checkpoint_io import atomic_write
 from ..languages import LSLoConfigError
 from .adapter_state import CONFIG_KEY
 from .lslo_linear import is_lslo_key
@@ -103,12 +104,10 @@ def save_adapters(path: str, spec: LSLoSpec, lslo: Mapping[str, Tensor]) -> int:
     """Write the adapter file atomically; returns its size in bytes."""
     from safetensors.torch import save
 
-    from ..checkpoint_io import _atomic_write
-
     entries, shapes = encode(lslo)
     metadata = {"format": FORMAT, "lslo_config": json.dumps(spec.to_dict()), "shapes": json.dumps(shapes)}
     blob = save(entries, metadata=metadata)
-    _atomic_write(path, lambda f: f.write(blob))
+    atomic_write(path, lambda f: f.write(blob))
     return os.path.getsize(path)
 
 
