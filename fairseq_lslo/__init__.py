@@ -5,5 +5,6 @@ architectures, criterion, optimizer) and lets torch >= 2.6 load fairseq checkpoi
 """
 from . import checkpoint_io  # noqa: F401  (first: allow-lists fairseq checkpoint classes)
 from . import models  # noqa: F401
+from . import optim  # noqa: F401
 
 __version__ = "0.1.0"

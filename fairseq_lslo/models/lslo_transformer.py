@@ -24,6 +24,7 @@ from fairseq.models.transformer import (
 from ..languages import LSLoConfigError, language_token_ids, optional_index
 from ..modules.lslo_linear import LSLoLinear, is_lslo_key
 from ..modules.placement import DECODER_POSITIONS, ENCODER_POSITIONS, ROUTES
+from ..modules.pruning import publish_prunable
 from ..modules.routing import BatchLanguages, LanguageResolver, LanguageRouter
 from ..modules.spec import LSLoSpec
 
@@ -148,6 +149,12 @@ class LSLoTransformerModel(TransformerModel):
             p.requires_grad = is_lslo_key(name)
         self.register_buffer(CONFIG_KEY, spec.to_tensor())
         log_parameter_counts(self)
+        publish_prunable(self)  # lets --optimizer lslo_pruning find the masks of these weights
+
+    def set_num_updates(self, num_updates):
+        """fairseq calls this before every forward in training: remember it for pruning."""
+        super().set_num_updates(num_updates)
+        self.lslo_num_updates = int(num_updates)
 
     def lslo_modules(self) -> Dict[str, LSLoLinear]:
         return {n: m for n, m in self.named_modules() if isinstance(m, LSLoLinear)}

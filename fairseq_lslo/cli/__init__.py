@@ -1,0 +1,1 @@
+"""Command-line tools (lslo-stats, ...); each module has a main(argv=None)."""

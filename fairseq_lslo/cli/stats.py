@@ -1,0 +1,175 @@
+"""``lslo-stats CHECKPOINT [--json]``: LSLo parameters and what pruning kept, per language.
+
+Counts come from the checkpoint's state dict and its ``lslo_config`` buffer; the model is
+not built.  A weight counts as kept (``nonzero_parameters``) when its pruning mask is True:
+pruned weights are exactly zero.  Percentages are of ``model_parameters``, every parameter
+of the model (frozen base + LSLo; tied embeddings counted once; buffers not counted).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from typing import Dict, List, Optional
+
+import torch
+
+from ..checkpoint_io import CheckpointError, load_checkpoint
+from ..modules.spec import LSLoSpec
+
+FORMAT = "lslo-stats/1"
+CONFIG_KEY = "lslo_config"
+_FACTOR = re.compile(r"^(?P<bank>.*\blslo_(?P<kind>src|tgt|shared))\.(?P<factor>[AB])(?P<rank>\d+)$")
+#: state-dict entries that are buffers, not parameters
+_BUFFER_SUFFIXES = ("_mask", ".version", "._float_tensor")
+
+
+class Counter:
+    """LSLo parameters and kept parameters of one language, group, the shared slot or the total."""
+
+    def __init__(self):
+        self.lslo = 0
+        self.kept = 0
+
+    def add(self, lslo: int, kept: int) -> None:
+        self.lslo += lslo
+        self.kept += kept
+
+    def to_dict(self, model_parameters: int, **extra) -> dict:
+        out = dict(extra)
+        out.update({
+            "lslo_parameters": self.lslo,
+            "nonzero_parameters": self.kept,
+            "lslo_percent": 100.0 * self.lslo / model_parameters if model_parameters else 0.0,
+            "nonzero_percent": 100.0 * self.kept / model_parameters if model_parameters else 0.0,
+        })
+        return out
+
+
+def count_model_parameters(state: Dict[str, torch.Tensor]) -> int:
+    """Floating-point parameters of a state dict, each storage counted once (tied embeddings)."""
+    seen = set()
+    total = 0
+    for key, t in state.items():
+        if key == CONFIG_KEY or key.endswith(_BUFFER_SUFFIXES) or not torch.is_tensor(t):
+            continue
+        if not t.is_floating_point():
+            continue
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)) if t.numel() else (key,)
+        if ident in seen:
+            continue
+        seen.add(ident)
+        total += t.numel()
+    return total
+
+
+def compute_stats(path: str, state: Optional[dict] = None) -> dict:
+    """The ``lslo-stats/1`` record of a checkpoint (see the README for the schema)."""
+    if state is None:
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError:
+            raise
+        except Exception as e:  # torch.load fails in many ways on files that are not checkpoints
+            raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
+    model = state["model"]
+    if CONFIG_KEY not in model:
+        raise CheckpointError(
+            f"{path}: not an LSLo checkpoint (no {CONFIG_KEY} in the model state; was it trained with "
+            "--user-dir fairseq_lslo --arch lslo_*?)"
+        )
+    spec = LSLoSpec.from_tensor(model[CONFIG_KEY])
+    codes = spec.codes
+    per_lang = {code: Counter() for code in codes}
+    shared, total = Counter(), Counter()
+    any_shared = False
+    # the slots of each rank bucket, in inventory order (see LowRankBank.slot_place)
+    bucket_owners: Dict[int, List[str]] = {}
+    for code, rank in zip(codes, spec.ranks):
+        bucket_owners.setdefault(rank, []).append(code)
+    for key, value in model.items():
+        if key.endswith(".lslo_mix") or key == "lslo_mix":
+            total.add(value.numel(), value.numel())  # routing weights of architecture search
+            continue
+        m = _FACTOR.match(key)
+        if m is None:
+            continue
+        rank = int(m["rank"])
+        mask = model.get(f"{key}_mask")
+        if mask is not None and mask.shape != value.shape:
+            raise CheckpointError(f"{path}: {key}_mask has shape {tuple(mask.shape)}, {key} has {tuple(value.shape)}")
+        if m["kind"] == "shared":
+            owners = ["shared"] * value.shape[0]
+            any_shared = True
+        else:
+            owners = bucket_owners.get(rank, [])
+        if len(owners) != value.shape[0]:
+            raise CheckpointError(
+                f"{path}: {key} holds {value.shape[0]} adapters of rank {rank}, but lslo_config has "
+                f"{len(owners)} ({', '.join(owners) or 'none'})"
+            )
+        for i, owner in enumerate(owners):
+            n = value[i].numel()
+            kept = int(mask[i].sum()) if mask is not None else n
+            (shared if owner == "shared" else per_lang[owner]).add(n, kept)
+            total.add(n, kept)
+    n_model = count_model_parameters(model)
+    groups: Dict[str, Counter] = {}
+    languages = {}
+    for (code, group), rank in zip(spec.languages, spec.ranks):
+        languages[code] = per_lang[code].to_dict(n_model, group=group, rank=rank)
+        groups.setdefault(group, Counter()).add(per_lang[code].lslo, per_lang[code].kept)
+    record = {
+        "format": FORMAT,
+        "checkpoint": path,
+        "model_parameters": n_model,
+        "languages": languages,
+        "groups": {g: c.to_dict(n_model) for g, c in groups.items()},
+    }
+    if any_shared:
+        record["shared"] = shared.to_dict(n_model, rank=spec.shared_rank)
+    record["total"] = total.to_dict(n_model)
+    return record
+
+
+def format_table(record: dict) -> str:
+    rows = [("language", "group", "rank", "LSLo params", "% model", "kept", "% model")]
+
+    def row(name, group, rank, d):
+        return (name, group, str(rank), f"{d['lslo_parameters']:,}", f"{d['lslo_percent']:.3f}",
+                f"{d['nonzero_parameters']:,}", f"{d['nonzero_percent']:.3f}")
+
+    for code, d in record["languages"].items():
+        rows.append(row(code, d["group"], d["rank"], d))
+    for group, d in record["groups"].items():
+        rows.append(row(f"[{group}]", group, "", d))
+    if "shared" in record:
+        rows.append(row("[shared]", "", record["shared"]["rank"], record["shared"]))
+    rows.append(row("[total]", "", "", record["total"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [f"{record['checkpoint']}: {record['model_parameters']:,} model parameters"]
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="lslo-stats",
+        description="LSLo parameters and non-zero (kept by pruning) parameters per language, group and in total.",
+    )
+    parser.add_argument("checkpoint", help="a fairseq checkpoint of an lslo_transformer model")
+    parser.add_argument("--json", action="store_true", help="print the lslo-stats/1 JSON record instead of a table")
+    args = parser.parse_args(argv)
+    try:
+        record = compute_stats(args.checkpoint)
+    except (CheckpointError, ValueError, KeyError) as e:
+        print(f"lslo-stats: error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(record, indent=2) if args.json else format_table(record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

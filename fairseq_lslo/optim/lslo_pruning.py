@@ -1,0 +1,438 @@
+"""``--optimizer lslo_pruning``: any fairseq optimizer plus gradual language-specific pruning.
+
+The wrapper builds the inner optimizer (``--lslo-inner-optimizer``, default ``adam``; its own
+flags such as ``--adam-betas`` keep working) on the parameters fairseq hands it, and after
+every inner step
+
+1. at scheduled updates, recomputes the masks (the model's ``A{r}_mask``/``B{r}_mask``
+   buffers) by magnitude with the cubic schedule (:mod:`fairseq_lslo.modules.pruning`);
+2. sets every pruned weight to exactly 0 and zeroes its per-element optimizer state (Adam's
+   ``exp_avg``/``exp_avg_sq``), so nothing can resurrect it; gradients of pruned weights
+   are zeroed before the inner step too.
+
+**Which tensors are these?**  fairseq gives an optimizer only parameters, and with
+``--fp16`` they are not even the model's: :class:`~fairseq.optim.FP16Optimizer` hands its
+inner optimizer fp32 *copies* (one flat tensor by default; a list of copies in
+``model.parameters()`` order with ``--bf16`` or ``--fp16-no-flatten-grads``), while
+``--memory-efficient-fp16/bf16`` and ``--amp`` hand over the model's own parameters.  An
+LSLo model publishes itself when it is built (:func:`publish_prunable`); its trainable
+parameters are exactly its LSLo parameters, in ``model.parameters()`` order, which is the
+order fairseq uses.  The wrapper maps its parameter space onto that list: the same objects,
+or shaped copies in the same order, or one flat tensor laid out in that order; sizes must
+fit and copies must hold the same values as the model (checked once), else it stops with
+an error.  Trailing parameters (e.g. a criterion's) are optimized but never pruned.  The
+fp16 wrappers copy the zeroed fp32 weights back into the model after the step.
+
+**Which update is it?**  fairseq calls ``model.set_num_updates(n)`` before every forward
+(``n`` = updates done so far) and when it loads a checkpoint; the model keeps it, so a step
+completes update ``n + 1``.  Skipped steps (fp16/AMP overflow) do not count, exactly as in
+fairseq.  fairseq does not tell models or optimizers the epoch, so with
+``--lslo-prune-unit epochs`` an epoch is ``--lslo-updates-per-epoch`` updates.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from fairseq.logging import metrics
+from fairseq.optim import (
+    OPTIMIZER_DATACLASS_REGISTRY,
+    OPTIMIZER_REGISTRY,
+    LegacyFairseqOptimizer,
+    build_optimizer,
+    register_optimizer,
+)
+from omegaconf import OmegaConf
+
+from ..languages import LSLoConfigError
+from ..modules.pruning import (
+    FACTOR_CHOICES,
+    SCOPES,
+    SHARED,
+    PruneReport,
+    PruneSchedule,
+    PruningPlan,
+    parse_sparsity,
+    published_models,
+    trainable_parameters,
+)
+
+logger = logging.getLogger(__name__)
+
+NAME = "lslo_pruning"
+STATE_KEY = "lslo_pruning"
+#: inner optimizers that cannot sit inside this wrapper
+NOT_WRAPPABLE = {NAME, "composite"}
+
+
+@dataclass
+class Region:
+    """Where one model tensor lives in the optimizer's parameter space."""
+
+    param: Tensor  # an optimizer parameter (the model's own, a copy, or a flat copy)
+    offset: int
+    shape: torch.Size
+
+    def of(self, t: Tensor) -> Tensor:
+        """The same region of ``t``, a tensor shaped like ``param`` (its data, grad or state)."""
+        if self.offset == 0 and t.shape == self.shape:
+            return t
+        n = self.shape.numel()
+        return t.view(-1)[self.offset:self.offset + n].view(self.shape)
+
+
+def map_parameter_space(opt_params: Sequence[Tensor], model_params: Sequence[Tensor]) -> List[Region]:
+    """Locate each model parameter in the optimizer's parameters; raise ValueError if impossible."""
+    opt_params, model_params = list(opt_params), list(model_params)
+    n = len(model_params)
+    if len(opt_params) >= n and all(a is b for a, b in zip(opt_params, model_params)):
+        return [Region(p, 0, p.shape) for p in model_params]
+    if len(opt_params) >= n and all(a.shape == b.shape for a, b in zip(opt_params, model_params)):
+        regions = [Region(a, 0, a.shape) for a in opt_params[:n]]
+    else:
+        total = sum(p.numel() for p in model_params)
+        flat = opt_params[0] if opt_params else None
+        if flat is None or flat.dim() != 1 or flat.numel() < total:
+            raise ValueError(
+                f"the optimizer holds {len(opt_params)} tensors of shapes "
+                f"{[tuple(p.shape) for p in opt_params[:4]]}{' ...' if len(opt_params) > 4 else ''}, "
+                f"which are neither the model's {n} trainable parameters ({total} values) nor copies "
+                f"of them in order nor one flat tensor of at least {total} values"
+            )
+        regions, offset = [], 0
+        for p in model_params:
+            regions.append(Region(flat, offset, p.shape))
+            offset += p.numel()
+    with torch.no_grad():
+        for region, p in zip(regions, model_params):
+            if not torch.equal(region.of(region.param.data), p.data.to(region.param.dtype)):
+                raise ValueError("the optimizer's copies do not hold the model's values in model.parameters() order")
+    return regions
+
+
+@register_optimizer(NAME)
+class LSLoPruningOptimizer(LegacyFairseqOptimizer):
+    """Wraps ``--lslo-inner-optimizer``; prunes LSLo weights gradually per language."""
+
+    @staticmethod
+    def add_args(parser):
+        parser.add_argument("--lslo-inner-optimizer", default="adam", metavar="NAME",
+                            help="the fairseq optimizer that does the updates (default: adam); its own "
+                                 "flags, e.g. --adam-betas, work as usual")
+        parser.add_argument("--lslo-sparsity", default="0.9", metavar="SPEC",
+                            help="final sparsity per resource group, e.g. high:0.9,medium:0.9,low:0.5 (add "
+                                 "shared:S for 'shared' layers), or one value for all; each in [0, 1)")
+        parser.add_argument("--lslo-prune-start", type=float, default=0, metavar="T",
+                            help="start of the cubic schedule (sparsity 0 until then), in --lslo-prune-unit")
+        parser.add_argument("--lslo-prune-end", type=float, default=None, metavar="T",
+                            help="end of the cubic schedule (final sparsity from then on), in --lslo-prune-unit; "
+                                 "required")
+        parser.add_argument("--lslo-prune-unit", choices=["updates", "epochs"], default="updates",
+                            help="unit of --lslo-prune-start/--lslo-prune-end (default: updates)")
+        parser.add_argument("--lslo-updates-per-epoch", type=int, default=None, metavar="N",
+                            help="updates in one epoch, to convert epochs to updates with --lslo-prune-unit "
+                                 "epochs (fairseq does not tell the optimizer the epoch; see the num_updates "
+                                 "it logs at 'end of epoch 1')")
+        parser.add_argument("--lslo-prune-interval", type=int, default=100, metavar="N",
+                            help="updates between two mask recomputations (default: 100)")
+        parser.add_argument("--lslo-prune-scope", choices=list(SCOPES), default="language",
+                            help="one magnitude threshold per language over all its layers (language, the "
+                                 "default) or per transformer layer over all languages (layer)")
+        parser.add_argument("--lslo-prune-factors", choices=list(FACTOR_CHOICES), default="AB",
+                            help="which LoRA factors are pruned: A, B or both (AB, the default)")
+        add_inner_optimizer_args(parser)
+
+    def __init__(self, args, params, model: Optional[nn.Module] = None):
+        super().__init__(args)
+        params = list(params)
+        inner_name = getattr(args, "lslo_inner_optimizer", "adam")
+        self.inner = build_inner_optimizer(args, inner_name, params)
+        self.model, self.regions = bind_model(params, model)
+        self.plan = PruningPlan(self.model, schedule_from_args(args, self.model))
+        model_params = trainable_parameters(self.model)
+        index = {id(p): i for i, p in enumerate(model_params)}
+        self.tensor_regions = [self.regions[index[id(t.param)]] for t in self.plan.tensors]
+        self._steps = 0
+        self._first_step = True
+        self._has_pruned: Optional[bool] = None
+        self.last_report: Optional[PruneReport] = None
+        s = self.plan.schedule
+        logger.info(
+            "LSLo pruning: %s around %s on %d tensors (%d units, scope %s, factors %s); sparsity %s "
+            "from update %d to %d, masks every %d updates",
+            NAME, inner_name, len(self.plan.tensors), len(self.plan.units), s.scope, s.factors,
+            ",".join(f"{g}:{v:g}" for g, v in s.final.items()), s.start, s.end, s.interval,
+        )
+
+    # --- delegation to the inner optimizer ----------------------------------------------
+    @property
+    def optimizer(self):
+        return self.inner.optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer):
+        self.inner.optimizer = optimizer
+
+    @property
+    def optimizer_config(self):
+        return self.inner.optimizer_config
+
+    @property
+    def param_groups(self):
+        return self.inner.param_groups
+
+    def __getstate__(self):
+        return self.inner.__getstate__()
+
+    def get_lr(self):
+        return self.inner.get_lr()
+
+    def set_lr(self, lr):
+        self.inner.set_lr(lr)
+
+    def backward(self, loss):
+        self.inner.backward(loss)
+
+    def all_reduce_grads(self, module):
+        self.inner.all_reduce_grads(module)
+
+    def multiply_grads(self, c):
+        self.inner.multiply_grads(c)
+
+    def clip_grad_norm(self, max_norm, aggregate_norm_fn=None):
+        return self.inner.clip_grad_norm(max_norm, aggregate_norm_fn)
+
+    def zero_grad(self):
+        self.inner.zero_grad()
+
+    def average_params(self):
+        self.inner.average_params()
+
+    def broadcast_global_state_dict(self, state_dict):
+        return self.inner.broadcast_global_state_dict(state_dict)
+
+    @property
+    def supports_memory_efficient_fp16(self):
+        return self.inner.supports_memory_efficient_fp16
+
+    @property
+    def supports_step_with_scale(self):
+        return self.inner.supports_step_with_scale
+
+    @property
+    def supports_groups(self):
+        return self.inner.supports_groups
+
+    @property
+    def supports_flat_params(self):
+        return self.inner.supports_flat_params
+
+    # --- state --------------------------------------------------------------------------
+    def state_dict(self):
+        state = dict(self.inner.state_dict())
+        state[STATE_KEY] = {"version": 1, "steps": self._steps, "schedule": self.plan.schedule.to_dict()}
+        return state
+
+    def load_state_dict(self, state_dict, optimizer_overrides=None):
+        state_dict = dict(state_dict)
+        ours = state_dict.pop(STATE_KEY, None)
+        self.inner.load_state_dict(state_dict, optimizer_overrides)
+        if ours is None:
+            logger.warning("LSLo pruning: the optimizer state has no pruning entry (saved by another optimizer?)")
+            return
+        self._steps = int(ours.get("steps", 0))
+        saved, now = ours.get("schedule", {}), self.plan.schedule.to_dict()
+        changed = [f"{k}: {saved.get(k)} -> {v}" for k, v in now.items() if saved.get(k) != v]
+        if changed:
+            logger.warning("LSLo pruning: the schedule differs from the checkpoint's (%s); masks already "
+                           "pruned stay pruned", "; ".join(changed))
+
+    # --- the step -----------------------------------------------------------------------
+    def current_update(self) -> int:
+        """The update this step completes (1-based), from the count fairseq gives the model."""
+        done = getattr(self.model, "lslo_num_updates", None)
+        return int(done) + 1 if done is not None else self._steps + 1
+
+    def step(self, closure=None, scale=1.0, groups=None):
+        t = self.current_update()
+        if self.has_pruned():
+            self._apply_masks(grads=True)
+        self.inner.step(closure, scale=scale, groups=groups)
+        self._steps += 1
+        schedule = self.plan.schedule
+        if schedule.is_mask_update(t) or (self._first_step and t > schedule.end):
+            values = [r.of(r.param.data) for r in self.tensor_regions]
+            self.last_report = self.plan.update_masks(values, t)
+            self._has_pruned = None
+            log_report(self.last_report)
+        elif self._first_step and t > schedule.start:  # resumed: report the masks it continues with
+            self.last_report = self.plan.report(t)
+        self._first_step = False
+        if self.has_pruned():
+            self._apply_masks(grads=False)
+        if self.last_report is not None:
+            log_metrics(self.last_report)
+
+    def has_pruned(self) -> bool:
+        if self._has_pruned is None:
+            self._has_pruned = any(not bool(t.mask.all()) for t in self.plan.tensors)
+        return self._has_pruned
+
+    @torch.no_grad()
+    def _apply_masks(self, grads: bool) -> None:
+        """Zero pruned gradients (before the step) or weights and optimizer state (after it)."""
+        state = self.inner.optimizer.state
+        for tensor, region in zip(self.plan.tensors, self.tensor_regions):
+            mask = tensor.mask
+            if grads:
+                if region.param.grad is not None:
+                    region.of(region.param.grad).mul_(mask)
+                continue
+            region.of(region.param.data).mul_(mask)
+            for value in state.get(region.param, {}).values():
+                if torch.is_tensor(value) and value.shape == region.param.shape:
+                    region.of(value).mul_(mask)
+
+
+# --- construction helpers ------------------------------------------------------------------
+def _optimizer_flags(name: str) -> List[argparse.Action]:
+    cls = OPTIMIZER_REGISTRY[name]
+    tmp = argparse.ArgumentParser(add_help=False)
+    cls.add_args(tmp)
+    return list(tmp._actions)
+
+
+def add_inner_optimizer_args(parser) -> None:
+    """Accept the flags of every wrappable fairseq optimizer, without defaults.
+
+    Each flag only appears in the arguments when given, so the inner optimizer's own
+    defaults apply; a flag the chosen inner optimizer does not know is an error at build.
+    """
+    group = parser.add_argument_group("options of the optimizer inside lslo_pruning (--lslo-inner-optimizer)")
+    known = parser._option_string_actions
+    for name in sorted(OPTIMIZER_REGISTRY):
+        if name in NOT_WRAPPABLE:
+            continue
+        try:
+            actions = _optimizer_flags(name)
+        except Exception:  # an optimizer whose flags cannot be generated cannot be wrapped either
+            continue
+        for action in actions:
+            if not action.option_strings or any(o in known for o in action.option_strings):
+                continue
+            action = copy.copy(action)
+            action.default = argparse.SUPPRESS
+            group._add_action(action)
+
+
+def build_inner_optimizer(args, name: str, params: List[Tensor]):
+    if name in NOT_WRAPPABLE or name not in OPTIMIZER_REGISTRY:
+        choices = ", ".join(sorted(set(OPTIMIZER_REGISTRY) - NOT_WRAPPABLE))
+        raise LSLoConfigError(f"--lslo-inner-optimizer: {name!r} cannot be used; choose one of {choices}")
+    own = {a.dest for a in _optimizer_flags(name)}
+    for other in sorted(set(OPTIMIZER_REGISTRY) - NOT_WRAPPABLE - {name}):
+        try:
+            flags = _optimizer_flags(other)
+        except Exception:
+            continue
+        for action in flags:
+            if action.dest not in own and action.dest in vars(args) and action.option_strings:
+                raise LSLoConfigError(
+                    f"{action.option_strings[0]} is an option of --optimizer {other}, not of "
+                    f"--lslo-inner-optimizer {name}"
+                )
+    inner_args = argparse.Namespace(**vars(args))
+    inner_args.optimizer = name
+    for action in _optimizer_flags(name):  # flags not given take the inner optimizer's defaults
+        if action.option_strings and not hasattr(inner_args, action.dest):
+            setattr(inner_args, action.dest, action.default)
+    dataclass = OPTIMIZER_DATACLASS_REGISTRY.get(name)
+    if dataclass is None:  # a legacy optimizer reads the flat namespace
+        return build_optimizer(inner_args, params)
+    # as fairseq does for a top-level --optimizer: a structured config (defaults such as
+    # adam's betas tuple become omegaconf lists, which the optimizer expects)
+    cfg = OmegaConf.structured(dataclass.from_namespace(inner_args))
+    cfg._name = name
+    return build_optimizer(cfg, params)
+
+
+def bind_model(params: List[Tensor], model: Optional[nn.Module]):
+    """The published LSLo model whose trainable parameters ``params`` are (or copy)."""
+    candidates = [model] if model is not None else published_models()
+    if not candidates:
+        raise LSLoConfigError(f"--optimizer {NAME} prunes LSLo weights: use it with --arch lslo_* models")
+    found, reasons = [], []
+    for candidate in candidates:
+        try:
+            found.append((candidate, map_parameter_space(params, trainable_parameters(candidate))))
+        except ValueError as e:
+            reasons.append(str(e))
+    if not found:
+        raise LSLoConfigError(
+            f"--optimizer {NAME}: cannot find the LSLo weights among the optimizer's parameters ("
+            + "; ".join(reasons) + "). Only fairseq's plain, --fp16/--bf16 (flat or not), "
+            "--memory-efficient-fp16/bf16 and --amp optimizer wrappers are supported"
+        )
+    identical = [f for f in found if all(r.param is p for r, p in zip(f[1], trainable_parameters(f[0])))]
+    if len(found) > 1 and len(identical) != 1:
+        raise LSLoConfigError(
+            f"--optimizer {NAME}: several LSLo models match the optimizer's parameters; pass model= explicitly"
+        )
+    return identical[0] if identical else found[0]
+
+
+def schedule_from_args(args, model: nn.Module) -> PruneSchedule:
+    spec = model.lslo_spec
+    has_shared = SHARED in spec.routes_used()
+    groups = list(dict.fromkeys(group for _, group in spec.languages))
+    final = parse_sparsity(getattr(args, "lslo_sparsity", "0.9"), groups, has_shared)
+    start = getattr(args, "lslo_prune_start", 0)
+    end = getattr(args, "lslo_prune_end", None)
+    if end is None:
+        raise LSLoConfigError("--lslo-prune-end is required with --optimizer lslo_pruning (end of the schedule)")
+    unit = getattr(args, "lslo_prune_unit", "updates")
+    if unit == "epochs":
+        per_epoch = getattr(args, "lslo_updates_per_epoch", None)
+        if per_epoch is None or per_epoch <= 0:
+            raise LSLoConfigError(
+                "--lslo-prune-unit epochs needs --lslo-updates-per-epoch N (a positive number of updates; "
+                "fairseq logs num_updates at 'end of epoch 1')"
+            )
+        start, end = round(float(start) * per_epoch), round(float(end) * per_epoch)
+    elif unit == "updates":
+        for flag, value in (("--lslo-prune-start", start), ("--lslo-prune-end", end)):
+            if float(value) != int(float(value)):
+                raise LSLoConfigError(f"{flag} must be a whole number of updates with --lslo-prune-unit updates, got {value}")
+        start, end = int(float(start)), int(float(end))
+    else:
+        raise LSLoConfigError(f"--lslo-prune-unit must be updates or epochs, got {unit!r}")
+    return PruneSchedule(
+        final=final, start=start, end=end,
+        interval=int(getattr(args, "lslo_prune_interval", 100)),
+        scope=getattr(args, "lslo_prune_scope", "language"),
+        factors=getattr(args, "lslo_prune_factors", "AB"),
+    )
+
+
+def log_report(report: PruneReport) -> None:
+    """One INFO line per mask update: target and achieved sparsity (pruned/prunable) per group."""
+    parts = [
+        f"{g} target {report.target[g]:.4f} achieved {report.achieved[g]:.4f} "
+        f"({report.pruned[g]}/{report.prunable[g]})"
+        for g in report.target
+    ]
+    logger.info("LSLo pruning at update %d: %s", report.update, "; ".join(parts))
+
+
+def log_metrics(report: PruneReport) -> None:
+    """Latest achieved and target sparsity per group as fairseq metrics (shown in train logs)."""
+    for g in report.target:
+        metrics.log_scalar(f"lslo_sparsity_{g}", report.achieved[g], weight=0, round=4, priority=900)
+        metrics.log_scalar(f"lslo_target_{g}", report.target[g], weight=0, round=4, priority=900)
