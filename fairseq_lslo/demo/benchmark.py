@@ -9,9 +9,10 @@ adjective, plural flags, negation) in each language's own grammar:
   separate word; some languages agglutinate (the verb takes a subject-number suffix too).
 
 Languages fall into three resource groups with very different amounts of data.  The
-*pretraining* portion uses the base lexicon and affirmative sentences only; the
-*fine-tuning* portion shifts the distribution in every language: new nouns, verbs and
-adjectives, and a construction the base model never saw (negation).  Valid and test sets
+*pretraining* portion has affirmative sentences without possessors only; the
+*fine-tuning* portion (multi-way parallel, like FLORES-101) shifts the distribution in every
+language: two constructions the base model never saw, negation and possessors ("the dog's
+house"), each with its own new morpheme and placement per language.  Valid and test sets
 are multi-way parallel (the same meanings in every language) and follow the fine-tuning
 distribution.  Language ``l`` owns the first ``n_l`` meanings of a portion, so a direction
 ``s-t`` has the ``min(n_s, n_t)`` meanings both languages share.
@@ -38,6 +39,7 @@ class Meaning:
     obj_plural: bool
     adj: Optional[int]
     negated: bool
+    possessor: Optional[int] = None  # "the <possessor>'s <object>" (fine-tuning only)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class Grammar:
     tense: str  # suffix | prefix | word
     case: str  # suffix | word | none  (object marking)
     negation: str  # word_before | word_after | prefix | suffix
+    possessive: str  # suffix_before | word_before | word_after  (possessor marked, relative to the noun)
     agglutinative: bool  # verb agrees with the subject's number by a suffix
     consonants: str
     vowels: str
@@ -60,14 +63,14 @@ class Grammar:
 
 #: the benchmark's languages: three high-, two medium- and three low-resource ones
 GRAMMARS: Tuple[Grammar, ...] = (
-    Grammar("ha", "high", "SVO", True, "suffix", "word", "none", "word_before", False, "ptkmnslr", "aeiou", 11),
-    Grammar("hb", "high", "SOV", False, "suffix", "suffix", "suffix", "suffix", True, "bdgmnzrh", "aiu", 12),
-    Grammar("hc", "high", "VSO", True, "prefix", "prefix", "word", "word_before", False, "ptkfsvlw", "eiou", 13),
-    Grammar("ma", "medium", "SOV", True, "word", "suffix", "suffix", "word_after", True, "kgtdnmrs", "aeo", 14),
-    Grammar("mb", "medium", "SVO", False, "prefix", "word", "none", "prefix", False, "bpfvmnly", "aiueo", 15),
-    Grammar("la", "low", "VSO", False, "suffix", "suffix", "suffix", "suffix", True, "tkqnrsxh", "aou", 16),
-    Grammar("lb", "low", "SOV", True, "prefix", "prefix", "word", "word_before", True, "mnpbwyjl", "eia", 17),
-    Grammar("lc", "low", "SVO", True, "word", "suffix", "suffix", "word_after", False, "dtszgkcr", "uoie", 18),
+    Grammar("ha", "high", "SVO", True, "suffix", "word", "none", "word_before", "word_after", False, "ptkmnslr", "aeiou", 11),
+    Grammar("hb", "high", "SOV", False, "suffix", "suffix", "suffix", "suffix", "suffix_before", True, "bdgmnzrh", "aiu", 12),
+    Grammar("hc", "high", "VSO", True, "prefix", "prefix", "word", "word_before", "word_after", False, "ptkfsvlw", "eiou", 13),
+    Grammar("ma", "medium", "SOV", True, "word", "suffix", "suffix", "word_after", "suffix_before", True, "kgtdnmrs", "aeo", 14),
+    Grammar("mb", "medium", "SVO", False, "prefix", "word", "none", "prefix", "word_before", False, "bpfvmnly", "aiueo", 15),
+    Grammar("la", "low", "VSO", False, "suffix", "suffix", "suffix", "suffix", "word_after", True, "tkqnrsxh", "aou", 16),
+    Grammar("lb", "low", "SOV", True, "prefix", "prefix", "word", "word_before", "word_before", True, "mnpbwyjl", "eia", 17),
+    Grammar("lc", "low", "SVO", True, "word", "suffix", "suffix", "word_after", "suffix_before", False, "dtszgkcr", "uoie", 18),
 )
 
 
@@ -79,20 +82,20 @@ class Sizes:
     finetune: Dict[str, int]
     valid: int
     test: int
-    base_nouns: int = 30
-    base_verbs: int = 16
-    base_adjs: int = 10
-    new_nouns: int = 8
-    new_verbs: int = 5
-    new_adjs: int = 4
+    nouns: int = 30
+    verbs: int = 16
+    adjs: int = 10
+    shift_rate: float = 0.7  # share of fine-tuning training sentences with a new construction
 
 
+#: pretraining is uneven (the resource groups); fine-tuning is multi-way parallel, as the
+#: paper's FLORES-101 fine-tuning data is
 SIZES = {
     "default": Sizes(pretrain={"high": 3000, "medium": 900, "low": 200},
-                     finetune={"high": 600, "medium": 300, "low": 120}, valid=60, test=60),
+                     finetune={"high": 400, "medium": 400, "low": 400}, valid=60, test=60),
     "tiny": Sizes(pretrain={"high": 1600, "medium": 500, "low": 120},
-                  finetune={"high": 300, "medium": 160, "low": 80}, valid=30, test=30,
-                  base_nouns=16, base_verbs=8, base_adjs=6, new_nouns=5, new_verbs=3, new_adjs=2),
+                  finetune={"high": 200, "medium": 200, "low": 200}, valid=30, test=30,
+                  nouns=16, verbs=8, adjs=6),
 }
 
 
@@ -122,13 +125,11 @@ def build_lexicon(g: Grammar, sizes: Sizes) -> Lexicon:
                 used.add(w)
                 return w
 
-    morphemes = {k: fresh(1) for k in ("pl", "past", "future", "obj", "neg", "agr")}
-    n_nouns, n_verbs, n_adjs = (sizes.base_nouns + sizes.new_nouns, sizes.base_verbs + sizes.new_verbs,
-                                sizes.base_adjs + sizes.new_adjs)
+    morphemes = {k: fresh(1) for k in ("pl", "past", "future", "obj", "neg", "agr", "gen")}
     return Lexicon(
-        nouns=[fresh(rng.choice((2, 3))) for _ in range(n_nouns)],
-        verbs=[fresh(rng.choice((2, 3))) for _ in range(n_verbs)],
-        adjs=[fresh(2) for _ in range(n_adjs)],
+        nouns=[fresh(rng.choice((2, 3))) for _ in range(sizes.nouns)],
+        verbs=[fresh(rng.choice((2, 3))) for _ in range(sizes.verbs)],
+        adjs=[fresh(2) for _ in range(sizes.adjs)],
         morphemes=morphemes,
     )
 
@@ -151,6 +152,14 @@ def render(m: Meaning, g: Grammar, lex: Lexicon) -> str:
             words = words[:-1] + _mark(words[-1], mo["obj"], g.case)
         if adj is not None:
             words = words + [lex.adjs[adj]] if g.adj_after else [lex.adjs[adj]] + words
+        if is_obj and m.possessor is not None:
+            owner = lex.nouns[m.possessor]
+            if g.possessive == "suffix_before":
+                words = [owner + mo["gen"]] + words
+            elif g.possessive == "word_before":
+                words = [owner, mo["gen"]] + words
+            else:
+                words = words + [mo["gen"], owner]
         return words
 
     verb = lex.verbs[m.verb]
@@ -170,21 +179,18 @@ def render(m: Meaning, g: Grammar, lex: Lexicon) -> str:
     return " ".join(w for slot in g.order for w in parts[slot])
 
 
-def sample_meaning(rng: random.Random, sizes: Sizes, shifted: bool) -> Meaning:
-    """Pretraining meanings use the base lexicon only; shifted ones use new words and negation."""
-    nb, vb, ab = sizes.base_nouns, sizes.base_verbs, sizes.base_adjs
-    if not shifted:
-        noun = lambda: rng.randrange(nb)  # noqa: E731
-        verb, adj, negated = rng.randrange(vb), rng.randrange(ab), False
-    else:
-        # every shifted sentence has a new word or a negation (most have both)
-        noun = lambda: rng.randrange(nb + sizes.new_nouns) if rng.random() < 0.6 else nb + rng.randrange(sizes.new_nouns)  # noqa: E731
-        verb = vb + rng.randrange(sizes.new_verbs) if rng.random() < 0.4 else rng.randrange(vb)
-        adj = ab + rng.randrange(sizes.new_adjs) if rng.random() < 0.4 else rng.randrange(ab)
-        negated = rng.random() < 0.5
+def sample_meaning(rng: random.Random, sizes: Sizes, shift: float) -> Meaning:
+    """With probability ``shift`` the meaning has a construction the pretraining portion never
+    has: negation, a possessor on the object ("the dog's house"), or both."""
+    negated = possessor = None
+    if rng.random() < shift:
+        kind = rng.choice(("negation", "possessive", "both"))
+        negated = kind != "possessive"
+        possessor = rng.randrange(sizes.nouns) if kind != "negation" else None
     return Meaning(
-        subj=noun(), subj_plural=rng.random() < 0.3, verb=verb, tense=rng.choice(TENSES),
-        obj=noun(), obj_plural=rng.random() < 0.3, adj=adj if rng.random() < 0.5 else None, negated=negated,
+        subj=rng.randrange(sizes.nouns), subj_plural=rng.random() < 0.3, verb=rng.randrange(sizes.verbs),
+        tense=rng.choice(TENSES), obj=rng.randrange(sizes.nouns), obj_plural=rng.random() < 0.3,
+        adj=rng.randrange(sizes.adjs) if rng.random() < 0.5 else None, negated=bool(negated), possessor=possessor,
     )
 
 
@@ -225,15 +231,15 @@ def generate(sizes: Sizes, grammars: Sequence[Grammar] = GRAMMARS, seed: int = 1
     lexicons = {g.code: build_lexicon(g, sizes) for g in grammars}
     rng = random.Random(seed)
     plan = {
-        "pretrain": {"train": (max(sizes.pretrain.values()), False), "valid": (sizes.valid, False)},
-        "finetune": {"train": (max(sizes.finetune.values()), True), "valid": (sizes.valid, True),
-                     "test": (sizes.test, True)},
+        "pretrain": {"train": (max(sizes.pretrain.values()), 0.0), "valid": (sizes.valid, 0.0)},
+        "finetune": {"train": (max(sizes.finetune.values()), sizes.shift_rate), "valid": (sizes.valid, 1.0),
+                     "test": (sizes.test, 1.0)},
     }
     portions: Dict[str, Dict[str, Dict[str, List[str]]]] = {}
     for portion, splits in plan.items():
         portions[portion] = {}
-        for split, (n, shifted) in splits.items():
-            meanings = [sample_meaning(rng, sizes, shifted) for _ in range(n)]
+        for split, (n, shift) in splits.items():
+            meanings = [sample_meaning(rng, sizes, shift) for _ in range(n)]
             per_lang = {}
             for g in grammars:
                 keep = getattr(sizes, portion)[g.group] if split == "train" else n

@@ -84,8 +84,7 @@ def train_command(cfg: DemoConfig, data: str, save_dir: str, method: Method, bas
     if method.arch == "lslo_transformer":
         cmd += lslo_args(cfg, method)
     if not pretrain:
-        cmd += ["--finetune-from-model", base_ckpt, "--sampling-method", "temperature",
-                "--sampling-temperature", str(cfg.finetune.temperature)]
+        cmd += ["--finetune-from-model", base_ckpt]
     lr = phase.lr if method.arch == "transformer" else cfg.finetune.lslo_lr
     cmd += ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", str(phase.label_smoothing),
             *optimizer_args(lr, phase.warmup, method, cfg),
@@ -104,4 +103,5 @@ def generate_args(cfg: DemoConfig, data: str, ckpt: str, src: str, tgt: str, res
     return [data, *task_args(cfg.langs), "--source-lang", src, "--target-lang", tgt, "--path", ckpt,
             "--gen-subset", "test", "--beam", str(cfg.beam), "--max-tokens", "4000", "--cpu",
             "--post-process", "sentencepiece", "--results-path", results, "--num-workers", "0",
+            "--max-len-a", "1.5", "--max-len-b", "10",  # bounds babbling; references are far shorter
             "--required-batch-size-multiple", "1"]  # the default 8 drops test sentences here

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Tuple
 
 from .benchmark import Benchmark
@@ -52,7 +53,7 @@ def train_sentencepiece(bench: Benchmark, raw_dir: str, spm_dir: str, vocab_size
     prefix = os.path.join(spm_dir, "spm")
     spm.SentencePieceTrainer.train(
         input=",".join(inputs), model_prefix=prefix, vocab_size=vocab_size, model_type="unigram",
-        character_coverage=1.0, num_threads=1, minloglevel=2, bos_id=-1, eos_id=-1, unk_id=0,
+        character_coverage=1.0, num_threads=1, hard_vocab_limit=False, minloglevel=2, bos_id=-1, eos_id=-1, unk_id=0,
     )
     return prefix + ".model"
 
@@ -85,31 +86,38 @@ def binary_files(bench: Benchmark, lang: str) -> List[Tuple[str, str, int]]:
     return files
 
 
-def binarize(bench: Benchmark, spm_dir: str, dict_path: str, out_dir: str) -> Dict[str, str]:
-    """fairseq-preprocess once per language, then link per direction; returns {portion: data dir}."""
+def _preprocess_language(bench: Benchmark, lang: str, spm_dir: str, dict_path: str, work: str) -> None:
+    """One ``fairseq-preprocess`` call binarizing every file language ``lang`` needs."""
+    prefixes = []
+    for portion, split, n in binary_files(bench, lang):
+        prefix = os.path.join(work, f"{portion}.{split}")
+        src = os.path.join(spm_dir, f"{portion}.{split.rstrip('0123456789') if n > 0 else split}.{lang}")
+        with open(src, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        write_lines(f"{prefix}.{lang}", lines[:n] if n > 0 else lines)
+        prefixes.append(prefix)
+    cmd = [fairseq_bin("fairseq-preprocess"), "--only-source", "--source-lang", lang, "--srcdict", dict_path,
+           "--validpref", ",".join(prefixes), "--destdir", os.path.join(work, lang), "--workers", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"fairseq-preprocess failed for language {lang}:\n{done.stderr[-2000:]}")
+
+
+def binarize(bench: Benchmark, spm_dir: str, dict_path: str, out_dir: str, jobs: int = 1) -> Dict[str, str]:
+    """fairseq-preprocess once per language (``jobs`` at a time), then link per direction.
+
+    Returns {portion: data dir}."""
     work = os.path.join(out_dir, "per-lang")
     dirs = {p: os.path.join(out_dir, p) for p in PORTION_SPLITS}
     for d in [work, *dirs.values()]:
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        list(pool.map(lambda lang: _preprocess_language(bench, lang, spm_dir, dict_path, work), bench.langs))
     pairs = [(s, t) for s in bench.langs for t in bench.langs if s != t]
     for lang in bench.langs:
-        files = binary_files(bench, lang)
-        prefixes = []
-        for portion, split, n in files:
-            prefix = os.path.join(work, f"{portion}.{split}")
-            src = os.path.join(spm_dir, f"{portion}.{split.rstrip('0123456789') if n > 0 else split}.{lang}")
-            with open(src, encoding="utf-8") as f:
-                lines = f.read().splitlines()
-            write_lines(f"{prefix}.{lang}", lines[:n] if n > 0 else lines)
-            prefixes.append(prefix)
         dest = os.path.join(work, lang)
-        cmd = [fairseq_bin("fairseq-preprocess"), "--only-source", "--source-lang", lang, "--srcdict", dict_path,
-               "--validpref", ",".join(prefixes), "--destdir", dest, "--workers", "1"]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"fairseq-preprocess failed for language {lang}:\n{done.stderr[-2000:]}")
-        for k, (portion, split, _n) in enumerate(files):
+        for k, (portion, split, _n) in enumerate(binary_files(bench, lang)):
             binary = os.path.join(dest, ("valid" if k == 0 else f"valid{k}") + f".{lang}-None.{lang}")
             for s, t in pairs:
                 if lang not in (s, t):

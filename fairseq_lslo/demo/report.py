@@ -30,8 +30,8 @@ def write_markdown(path: str, summary: Dict) -> None:
     lines = [f"# LSLo demo (`{summary['demo']}`)", "",
              f"Measured {summary['date']} on {summary['machine']} with `{summary['command']}`; "
              f"total wall time {summary['wall_seconds']:.0f} s.", "",
-             "BLEU: sacrebleu corpus BLEU on the fine-tuning test set (shifted distribution: new words and "
-             "negation), averaged over the directions into each resource group and over all "
+             "BLEU: sacrebleu corpus BLEU on the fine-tuning test set (shifted distribution: negation and "
+             "possessors), averaged over the directions into each resource group and over all "
              f"{summary['directions']} directions. Trainable and non-zero parameters are % of the whole model "
              f"({_fmt_int(summary['model_parameters'])} parameters).", "",
              markdown_table(summary), ""]

@@ -125,7 +125,7 @@ def main(argv=None) -> int:
         write_raw(bench, raw)
         model = train_sentencepiece(bench, raw, spm_dir, cfg.spm_vocab)
         dict_path = encode_all(bench, raw, model, spm_dir)
-        binarize(bench, spm_dir, dict_path, bin_dir)
+        binarize(bench, spm_dir, dict_path, bin_dir, a.jobs)
         return {p: {l: len(bench.portions[p]["train"][l]) for l in bench.langs} for p in bench.portions}
 
     stages.run("data", "generate the benchmark, train SentencePiece, binarize", data_stage)
