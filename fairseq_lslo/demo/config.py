@@ -78,8 +78,9 @@ def _config(name: str, model: ModelDims, spm_vocab: int, pre_updates: int, ft_up
         pretrain=Phase(updates=pre_updates, lr=5e-3, warmup=max(1, pre_updates // 10), max_tokens=max_tokens),
         finetune=Phase(updates=ft_updates, lr=1e-3, warmup=max(1, ft_updates // 10), max_tokens=max_tokens,
                        lslo_lr=1e-2),
-        pruning=Pruning(sparsity="high:0.9,medium:0.9,low:0.5", start=ft_updates // 5,
-                        end=(4 * ft_updates) // 5, interval=max(1, ft_updates // 20)),
+        # prune from 10% to 60% of the run; the last 40% train the kept weights only
+        pruning=Pruning(sparsity="high:0.9,medium:0.9,low:0.5", start=ft_updates // 10,
+                        end=(3 * ft_updates) // 5, interval=max(1, ft_updates // 20)),
     )
 
 
@@ -87,5 +88,5 @@ CONFIGS: Dict[str, DemoConfig] = {
     "default": _config("default", ModelDims(layers=2, dim=128, ffn=256, heads=4), spm_vocab=800,
                        pre_updates=2000, ft_updates=400, max_tokens=2000),
     "tiny": _config("tiny", ModelDims(layers=2, dim=64, ffn=128, heads=2), spm_vocab=400,
-                    pre_updates=800, ft_updates=200, max_tokens=1500),
+                    pre_updates=800, ft_updates=250, max_tokens=1500),
 }

@@ -96,8 +96,11 @@ def plot_sparsity(path: str, curve: List[Dict]) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 3.4))
     groups = [g for g in GROUP_ORDER if curve and g in curve[0]["groups"]]
+    styles = {"high": ("o", "-"), "medium": ("s", "--"), "low": ("^", "-")}  # high and medium may coincide
     for g in groups:
-        ax.plot([p["update"] for p in curve], [p["groups"][g] for p in curve], marker="o", label=g)
+        marker, line = styles.get(g, ("o", "-"))
+        ax.plot([p["update"] for p in curve], [p["groups"][g] for p in curve], marker=marker, linestyle=line,
+                label=g, markerfacecolor="none" if g == "medium" else None)
     ax.set_xlabel("update")
     ax.set_ylabel("sparsity of LSLo weights")
     ax.set_ylim(-0.02, 1.0)

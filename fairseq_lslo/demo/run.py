@@ -30,7 +30,9 @@ from .scoring import aggregate, direction_bleu
 
 
 class Stages:
-    """Stage banners with elapsed time, and stamp files that let a rerun skip finished stages."""
+    """Stage banners with elapsed time, and stamp files that let a rerun skip finished stages.
+
+    A stage is skipped when its stamp holds the same configuration and no earlier stage ran."""
 
     def __init__(self, work: str, key: Dict, force: bool, total: int):
         self.work, self.key, self.force, self.total = work, key, force, total
@@ -53,6 +55,7 @@ class Stages:
                 print(f"    done before: skipped (delete {stamp} or pass --force to redo)", flush=True)
                 return saved.get("result") or {}
         t0 = time.time()
+        self.force = True  # every later stage depends on this one: redo them too
         result = fn() or {}
         tmp = stamp + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
@@ -187,11 +190,10 @@ def main(argv=None) -> int:
                 for f in os.listdir(os.path.join(ckpt_dir, "lslo_pruned"))
                 if (mt := re.fullmatch(r"checkpoint_\d+_(\d+)\.pt", f))
             )
-            for update, path in [(0, None), *snaps]:
-                g = group_counts(path) if path else None
+            for update, path in snaps:
+                g = group_counts(path)
                 curve.append({"update": update, "groups": {
-                    k: (1 - v["nonzero_parameters"] / max(1, v["lslo_parameters"])) if g else 0.0
-                    for k, v in (g or {grp: {} for grp in dict(cfg.languages).values()}).items()}})
+                    k: 1 - v["nonzero_parameters"] / max(1, v["lslo_parameters"]) for k, v in g.items()}})
         return {"counts": counts, "curve": curve}
 
     params = stages.run("params", "count trainable and non-zero parameters", params_stage)
@@ -227,7 +229,7 @@ def main(argv=None) -> int:
             report.plot_sparsity(os.path.join(out, "sparsity.png"), params["curve"])
         return {}
 
-    stages.force = True  # the report always reflects this run
+    stages.force = True  # the report (timings, load) always reflects this run
     stages.run("report", "write summary.md, summary.json and plots", report_stage)
     with open(os.path.join(out, "summary.md"), encoding="utf-8") as f:
         print(f.read())
