@@ -40,7 +40,7 @@ def group_counts(ckpt: str) -> Dict[str, Dict[str, int]]:
     """{group or 'shared': {lslo_parameters, nonzero_parameters}} read straight from the state dict.
 
     An independent count (it does not run the stats tool), fast enough for every snapshot
-    of the pruning run; kept weights are ``weight * mask`` that are not zero.
+    of the pruning run; a weight is non-zero when pruning kept it (its mask entry is True).
     """
     state = load_checkpoint(ckpt)["model"]
     spec = LSLoSpec.from_tensor(state["lslo_config"])
@@ -51,7 +51,7 @@ def group_counts(ckpt: str) -> Dict[str, Dict[str, int]]:
         if not m:
             continue
         kind, rank = m.group(1), int(m.group(3))
-        kept = (t * state[name + "_mask"]) != 0
+        kept = state[name + "_mask"]  # True = kept by pruning (what lslo-stats counts as non-zero)
         slot_groups = ["shared"] if kind == "shared" else [g for g, r in zip(groups, spec.ranks) if r == rank]
         for i, group in enumerate(slot_groups):
             c = out.setdefault(group, {"lslo_parameters": 0, "nonzero_parameters": 0})

@@ -29,7 +29,7 @@ def markdown_table(summary: Dict) -> str:
 def write_markdown(path: str, summary: Dict) -> None:
     lines = [f"# LSLo demo (`{summary['demo']}`)", "",
              f"Measured {summary['date']} on {summary['machine']} with `{summary['command']}`; "
-             f"total wall time {summary['wall_seconds']:.0f} s.", "",
+             f"total wall time of the stages {summary['wall_seconds']:.0f} s.", "",
              "BLEU: sacrebleu corpus BLEU on the fine-tuning test set (shifted distribution: negation and "
              "possessors), averaged over the directions into each resource group and over all "
              f"{summary['directions']} directions. Trainable and non-zero parameters are % of the whole model "

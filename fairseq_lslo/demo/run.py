@@ -38,6 +38,9 @@ class Stages:
         self.work, self.key, self.force, self.total = work, key, force, total
         self.start = time.time()
         self.n = 0
+        self.seconds: Dict[str, float] = {}  # per stage, measured when it ran (also for skipped ones)
+        self.loads: Dict[str, List[float]] = {}  # load average when each stage finished
+        self.reused: List[str] = []  # stages skipped because an earlier run did them
         os.makedirs(os.path.join(work, "stamps"), exist_ok=True)
 
     def elapsed(self) -> str:
@@ -53,13 +56,17 @@ class Stages:
                 saved = json.load(f)
             if saved.get("key") == self.key:
                 print(f"    done before: skipped (delete {stamp} or pass --force to redo)", flush=True)
+                self.seconds[name], self.loads[name] = saved["seconds"], saved.get("load", [])
+                self.reused.append(name)
                 return saved.get("result") or {}
         t0 = time.time()
         self.force = True  # every later stage depends on this one: redo them too
         result = fn() or {}
+        self.seconds[name], self.loads[name] = time.time() - t0, [round(x, 2) for x in os.getloadavg()]
         tmp = stamp + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"key": self.key, "result": result, "seconds": time.time() - t0}, f, indent=1)
+            json.dump({"key": self.key, "result": result, "seconds": self.seconds[name], "load": self.loads[name]},
+                      f, indent=1)
         os.replace(tmp, stamp)
         print(f"    finished in {time.time() - t0:.0f} s", flush=True)
         return result
@@ -203,10 +210,13 @@ def main(argv=None) -> int:
             "format": "lslo-demo/1",
             "demo": cfg.name,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), load average "
-                       + " ".join(f"{x:.1f}" for x in os.getloadavg()),
+            "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), highest 1-minute load average "
+                       f"at the end of a stage {max([l[0] for l in stages.loads.values() if l] or [0.0]):.1f}",
+            "stage_load_averages": stages.loads,
+            "stage_seconds": {k: round(v, 1) for k, v in stages.seconds.items()},
             "command": f"make demo DEMO={cfg.name}",
-            "wall_seconds": round(time.time() - stages.start, 1),
+            # the stages' own times, so that a rerun which skips stages reports the real cost
+            "wall_seconds": round(sum(stages.seconds.values()), 1),
             "pretrain_seconds": round(pre.get("seconds", 0.0), 1),
             "directions": len(cfg.langs) * (len(cfg.langs) - 1),
             "languages": cfg.langs,
@@ -220,7 +230,8 @@ def main(argv=None) -> int:
                 for m in methods
             },
             "sparsity_curve": params["curve"],
-            "notes": notes,
+            "notes": notes + ([f"Stages reused from an earlier run (their times are that run's): "
+                               f"{', '.join(stages.reused)}."] if stages.reused else []),
         }
         report.write_json(os.path.join(out, "summary.json"), summary)
         report.write_markdown(os.path.join(out, "summary.md"), summary)
