@@ -23,10 +23,12 @@ from typing import Callable, Dict, List, Optional
 from . import report
 from .benchmark import GRAMMARS, generate
 from .commands import METHODS, Method, train_command
-from .config import CONFIGS, DemoConfig
+from .config import CONFIGS
 from .data import binarize, encode_all, train_sentencepiece, write_raw
 from .params import group_counts, method_counts
 from .scoring import aggregate, direction_bleu
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class Stages:
@@ -93,9 +95,6 @@ def run_logged(cmd: List[str], log: str, threads: int) -> float:
             tail = f.read()[-3000:]
         raise RuntimeError(f"command failed (exit {done.returncode}), log {log}:\n{tail}")
     return time.time() - t0
-
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def kind_of(method: Method) -> str:
