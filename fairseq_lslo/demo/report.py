@@ -1,0 +1,111 @@
+"""``summary.json``, ``summary.md`` and the PNG plots of a demo run."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List
+
+GROUP_ORDER = ("high", "medium", "low")
+
+
+def _fmt_int(n: int) -> str:
+    return f"{n:,}"
+
+
+def markdown_table(summary: Dict) -> str:
+    """The results table (also pasted into the README)."""
+    groups = [g for g in GROUP_ORDER if g in summary["groups"].values()]
+    head = ["method", *[f"BLEU {g}" for g in groups], "BLEU all", "trainable %", "non-zero %", "fine-tune time"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, m in summary["methods"].items():
+        p = m["parameters"]
+        cells = [m["label"], *[f"{m['bleu']['groups'][g]:.1f}" for g in groups], f"{m['bleu']['overall']:.1f}",
+                 f"{p['trainable_percent']:.2f}", f"{p['nonzero_percent']:.2f}",
+                 f"{m['train_seconds']:.0f} s" if m.get("train_seconds") is not None else "-"]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def write_markdown(path: str, summary: Dict) -> None:
+    lines = [f"# LSLo demo (`{summary['demo']}`)", "",
+             f"Measured {summary['date']} on {summary['machine']} with `{summary['command']}`; "
+             f"total wall time of the stages {summary['wall_seconds']:.0f} s.", "",
+             "BLEU: sacrebleu corpus BLEU on the fine-tuning test set (shifted distribution: negation and "
+             "possessors), averaged over the directions into each resource group and over all "
+             f"{summary['directions']} directions. Trainable and non-zero parameters are % of the whole model "
+             f"({_fmt_int(summary['model_parameters'])} parameters).", "",
+             markdown_table(summary), ""]
+    pruned = summary["methods"].get("lslo_pruned")
+    if pruned and "groups" in pruned["parameters"]:
+        lines += ["Non-zero LSLo parameters after pruning, per resource group:", "",
+                  "| group | LSLo parameters | non-zero | sparsity |", "|---|---|---|---|"]
+        for g, c in pruned["parameters"]["groups"].items():
+            sp = 1 - c["nonzero_parameters"] / max(1, c["lslo_parameters"])
+            lines.append(f"| {g} | {_fmt_int(c['lslo_parameters'])} | {_fmt_int(c['nonzero_parameters'])} | {sp:.2f} |")
+        lines.append("")
+    for note in summary.get("notes", []):
+        lines.append(f"- {note}")
+    lines += ["", "BLEU per target language:", "",
+              "| method | " + " | ".join(summary["languages"]) + " |", "|---|" + "---|" * len(summary["languages"])]
+    for m in summary["methods"].values():
+        lines.append(f"| {m['label']} | " + " | ".join(f"{m['bleu']['languages'][l]:.1f}" for l in summary["languages"]) + " |")
+    lines += ["", "Plots: `bleu_per_language.png`, `sparsity.png`.", ""]
+    _write(path, "\n".join(lines))
+
+
+def _write(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: str, summary: Dict) -> None:
+    _write(path, json.dumps(summary, indent=2) + "\n")
+
+
+def plot_bleu(path: str, summary: Dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    langs: List[str] = summary["languages"]
+    methods = summary["methods"]
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(langs)), 3.6))
+    for k, m in enumerate(methods.values()):
+        xs = [i + (k - (len(methods) - 1) / 2) * width for i in range(len(langs))]
+        ax.bar(xs, [m["bleu"]["languages"][l] for l in langs], width, label=m["label"])
+    ax.set_xticks(range(len(langs)))
+    ax.set_xticklabels([f"{l}\n({summary['groups'][l]})" for l in langs])
+    ax.set_ylabel("BLEU (into language)")
+    ax.set_title(f"demo `{summary['demo']}`: BLEU per target language on the fine-tuning test set")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_sparsity(path: str, curve: List[Dict]) -> None:
+    """``curve``: [{'update': n, 'groups': {group: sparsity}}, ...] of the pruning run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    groups = [g for g in GROUP_ORDER if curve and g in curve[0]["groups"]]
+    styles = {"high": ("o", "-"), "medium": ("s", "--"), "low": ("^", "-")}  # high and medium may coincide
+    for g in groups:
+        marker, line = styles.get(g, ("o", "-"))
+        ax.plot([p["update"] for p in curve], [p["groups"][g] for p in curve], marker=marker, linestyle=line,
+                label=g, markerfacecolor="none" if g == "medium" else None)
+    ax.set_xlabel("update")
+    ax.set_ylabel("sparsity of LSLo weights")
+    ax.set_ylim(-0.02, 1.0)
+    ax.set_title("gradual pruning: sparsity per resource group")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,117 @@
+"""The tiny demo end to end (`make demo DEMO=tiny`), and the benchmark generator's properties."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fairseq_lslo.demo.benchmark import GRAMMARS, SIZES, generate
+from fairseq_lslo.demo.commands import METHODS, train_command
+from fairseq_lslo.demo.config import CONFIGS
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: every fine-tuning method must beat the base model by at least this much BLEU (all directions)
+MIN_GAIN_BLEU = 3.0
+
+
+def test_benchmark_is_deterministic_and_shaped():
+    a, b = generate(SIZES["tiny"]), generate(SIZES["tiny"])
+    assert a.portions == b.portions
+    assert len(GRAMMARS) >= 8 and {g.group for g in GRAMMARS} == {"high", "medium", "low"}
+    sizes = {g.code: len(a.portions["pretrain"]["train"][g.code]) for g in GRAMMARS}
+    by_group = {g.group: sizes[g.code] for g in GRAMMARS}
+    assert by_group["high"] >= 3 * by_group["medium"] >= 3 * by_group["low"] > 0
+    for split in ("valid", "test"):  # multi-way parallel: same meanings, same count everywhere
+        assert len({len(v) for v in a.portions["finetune"][split].values()}) == 1
+    # languages really differ: no two render the same test sentence alike
+    first = [a.portions["finetune"]["test"][g.code][0] for g in GRAMMARS]
+    assert len(set(first)) == len(first)
+    # the fine-tuning portion is shifted: new constructions bring words pretraining never has
+    for g in GRAMMARS:
+        pre = {w for s in a.portions["pretrain"]["train"][g.code] for w in s.split()}
+        ft = {w for s in a.portions["finetune"]["train"][g.code] for w in s.split()}
+        assert ft - pre, g.code  # at least the new negation and possessive morphemes
+
+
+def test_shared_lora_and_lslo_commands_differ_only_in_routing(tmp_path):
+    cfg = CONFIGS["tiny"]
+    lslo = train_command(cfg, "DATA", "OUT", METHODS["lslo"], "BASE.pt")
+    shared = train_command(cfg, "DATA", "OUT", METHODS["shared_lora"], "BASE.pt")
+    diff = [(x, y) for x, y in zip(lslo, shared) if x != y]
+    assert len(lslo) == len(shared) and len(diff) == 2
+    assert all(y.startswith("shared*") for _, y in diff)
+    pruned = train_command(cfg, "DATA", "OUT", METHODS["lslo_pruned"], "BASE.pt")
+    assert pruned[pruned.index("--optimizer") + 1] == "lslo_pruning"
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "fairseq_lslo.demo", "--demo", "tiny", "--out", str(out)],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out, done.stdout
+
+
+def test_tiny_demo_outputs(tiny_demo):
+    out, stdout = tiny_demo
+    assert "==> [7/7]" in stdout and "elapsed" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    md = (out / "summary.md").read_text()
+    assert summary["format"] == "lslo-demo/1" and summary["directions"] == 56
+    for m in summary["methods"].values():
+        assert m["label"] in md
+        assert set(m["bleu"]["groups"]) == {"high", "medium", "low"}
+        assert len(m["bleu"]["directions"]) == 56
+    assert (out / "bleu_per_language.png").stat().st_size > 1000
+
+
+def test_tiny_demo_binaries_follow_the_resource_groups(tiny_demo):
+    from fairseq.data.indexed_dataset import MMapIndexedDataset
+
+    out, _ = tiny_demo
+    pre = out / "work" / "bin" / "pretrain"
+    sizes = SIZES["tiny"].pretrain
+    for pair, n in (("ha-hb", sizes["high"]), ("ha-ma", sizes["medium"]), ("la-hc", sizes["low"])):
+        for lang in pair.split("-"):
+            assert len(MMapIndexedDataset(str(pre / f"train.{pair}.{lang}"))) == n, (pair, lang)
+    ft = out / "work" / "bin" / "finetune"
+    assert len(MMapIndexedDataset(str(ft / "test.la-ha.ha"))) == SIZES["tiny"].test
+
+
+def test_tiny_demo_every_method_beats_the_base(tiny_demo):
+    out, _ = tiny_demo
+    methods = json.loads((out / "summary.json").read_text())["methods"]
+    base = methods["base"]["bleu"]["overall"]
+    for name, m in methods.items():
+        if name != "base":
+            assert m["bleu"]["overall"] >= base + MIN_GAIN_BLEU, (name, m["bleu"]["overall"], base)
+
+
+def test_tiny_demo_parameter_counts(tiny_demo):
+    out, _ = tiny_demo
+    summary = json.loads((out / "summary.json").read_text())
+    p = {name: m["parameters"] for name, m in summary["methods"].items()}
+    assert p["full"]["trainable_percent"] == 100.0 and p["base"]["trainable"] == 0
+    assert p["shared_lora"]["trainable"] == p["lslo"]["trainable"] > 0
+    assert p["lslo"]["trainable"] < p["lslo"]["model_parameters"]
+    for name in ("shared_lora", "lslo", "lslo_pruned"):
+        if name in p and "stats_tool" in p[name]:  # two independent counts agree
+            assert p[name]["stats_tool"]["lslo_parameters"] == p[name]["trainable"]
+            assert p[name]["stats_tool"]["nonzero_parameters"] == p[name]["nonzero"]
+    if "lslo_pruned" not in p:
+        pytest.fail("LSLo + gradual pruning did not run: " + "; ".join(summary["notes"]))
+    assert p["lslo_pruned"]["nonzero"] < p["lslo"]["nonzero"]
+    curve = summary["sparsity_curve"]
+    assert curve[-1]["groups"]["high"] > curve[-1]["groups"]["low"] > 0
+    assert (out / "sparsity.png").stat().st_size > 1000
+
+
+def test_demo_rejects_bad_jobs():
+    done = subprocess.run([sys.executable, "-m", "fairseq_lslo.demo", "--jobs", "0"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "--jobs" in done.stderr
