@@ -15,9 +15,6 @@ from fairseq_lslo.modules.lslo_linear import LowRankBank, LSLoLinear, is_lslo_ke
 from fairseq_lslo.modules.routing import LanguageRouter
 from fairseq_lslo.modules.spec import LSLoSpec, SideSpec
 
-sys.path.insert(0, os.path.dirname(__file__))
-from tinydata import bin_dir_for  # noqa: E402
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER_DIR = os.path.join(REPO, "fairseq_lslo")
 BIN = os.path.dirname(sys.executable)
@@ -58,14 +55,13 @@ def generate(data, path, src, tgt, user_dir=True, extra=()):
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """A trained plain base, an LSLo model on it with random (non-zero) adapters and hand-set masks."""
+def models(trained, tmp_path_factory):
+    """The session's trained plain base (conftest.trained), an LSLo model on it with random (non-zero)
+    adapters and hand-set masks."""
     root = tmp_path_factory.mktemp("deploy")
-    data = bin_dir_for(str(root), LANGS, PAIRS)
+    data = trained.data
     train = os.path.join(BIN, "fairseq-train")
-    run([train, data, *TASK, *DIMS, *TRAIN, "--arch", "transformer", "--max-update", "15",
-         "--save-dir", str(root / "base")])
-    base = str(root / "base" / "checkpoint_last.pt")
+    base = os.path.join(trained.base_dir, "checkpoint_best.pt")
     run([train, data, *TASK, *DIMS, *TRAIN, *LSLO, "--user-dir", USER_DIR, "--arch", "lslo_transformer",
          "--finetune-from-model", base, "--max-update", "2", "--save-dir", str(root / "lslo")])
     state = load_checkpoint(str(root / "lslo" / "checkpoint_last.pt"))

@@ -10,9 +10,6 @@ import torch
 from fairseq_lslo.checkpoint_io import load_checkpoint
 from fairseq_lslo.cli import stats
 
-sys.path.insert(0, os.path.dirname(__file__))
-from tinydata import bin_dir_for  # noqa: E402
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 PAIRS = ["en-fr", "fr-en", "en-de", "de-en", "fr-de", "de-fr"]
@@ -46,12 +43,11 @@ def ok(result):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(trained, tmp_path_factory):
+    """Pruning runs from the session's tiny data and plain-transformer base (conftest.trained)."""
     root = tmp_path_factory.mktemp("prune")
-    data = bin_dir_for(str(root / "data"), ["en", "fr", "de"], PAIRS)
-    ok(train(data, "--arch", "transformer", "--optimizer", "adam", "--lr", "0.005", "--max-update", "2",
-             "--save-dir", str(root / "base")))
-    base = str(root / "base" / "checkpoint_last.pt")
+    data = trained.data
+    base = os.path.join(trained.base_dir, "checkpoint_best.pt")
     whole = ok(train(data, *pruning_flags(base, str(root / "whole"), 10)))
     first = ok(train(data, *pruning_flags(base, str(root / "split"), 5)))
     second = ok(train(data, *pruning_flags(base, str(root / "split"), 10)))
