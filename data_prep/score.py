@@ -31,7 +31,13 @@ def read_hypotheses(path: str) -> List[str]:
                 hyps[int(head[2:])] = text[0] if text else ""
     if not hyps:
         raise DataPrepError(f"{path}: no hypotheses (no D- lines): did fairseq-generate fail?")
-    return [hyps[i] if i in hyps else "" for i in range(max(hyps) + 1)]
+    missing = [i for i in range(max(hyps) + 1) if i not in hyps]
+    if missing:  # never score an empty string in place of a sentence fairseq-generate skipped
+        raise DataPrepError(
+            f"{path}: no hypothesis for {len(missing)} sentence(s) (ids {missing[:8]}): fairseq-generate "
+            f"skipped them (decode with --required-batch-size-multiple 1)"
+        )
+    return [hyps[i] for i in range(max(hyps) + 1)]
 
 
 class Scorer:

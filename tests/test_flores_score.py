@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import sentencepiece as spm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,3 +56,17 @@ def test_scores_group_table_and_heatmap(tmp_path):
                         "--gen-dir", str(gen), "--out-dir", str(out), "--spm-model", str(tmp_path / "sp.model"),
                         "--pairs", "en-fr,fr-wo"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and "1 hypotheses for 4 references" in r.stderr
+
+
+def test_hypotheses_with_a_gap_are_an_error_not_empty_strings(tmp_path):
+    """fairseq-generate can skip sentences (a dropped last batch); scoring "" in their place
+    would silently lower the score while the counts still match."""
+    from data_prep.langsets import DataPrepError
+    from data_prep.score import read_hypotheses
+
+    gen = tmp_path / "en-de.gen"
+    gen.write_text("".join(f"D-{i}\t-0.5\thyp {i}\n" for i in (0, 1, 3)))
+    with pytest.raises(DataPrepError, match=r"no hypothesis for 1 sentence\(s\) \(ids \[2\]\)"):
+        read_hypotheses(str(gen))
+    gen.write_text("".join(f"D-{i}\t-0.5\thyp {i}\n" for i in (1, 0, 2)))
+    assert read_hypotheses(str(gen)) == ["hyp 0", "hyp 1", "hyp 2"]
