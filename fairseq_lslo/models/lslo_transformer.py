@@ -26,7 +26,7 @@ from ..data_check import check_binarized
 from ..languages import LSLoConfigError, language_token_ids, optional_index
 from ..modules.adapter_file import load_adapters
 from ..modules.lslo_linear import LSLoLinear, is_lslo_key
-from ..modules.placement import DECODER_POSITIONS, ENCODER_POSITIONS, ROUTES
+from ..modules.placement import DECODER_POSITIONS, ENCODER_POSITIONS, ROUTES, compact_routing
 from ..modules.pruning import publish_prunable
 from ..modules.routing import BatchLanguages, LanguageResolver, LanguageRouter
 from ..modules.spec import LSLoSpec
@@ -380,8 +380,6 @@ def log_parameter_counts(model: LSLoTransformerModel) -> None:
 
 
 def _describe(side) -> str:
-    from ..modules.placement import compact_routing
-
     return f"positions={','.join(side.positions) or 'none'} routing={compact_routing(side.routing)}"
 
 
@@ -401,8 +399,6 @@ def lslo_base_architecture(args):
 
 def fill_args_from_adapters(args, path: str) -> None:
     """LSLo flags the user did not give are taken from the adapter file's configuration."""
-    from ..modules.placement import compact_routing
-
     spec, _ = load_adapters(path)
     ranks = {}
     for (code, group), rank in zip(spec.languages, spec.ranks):
