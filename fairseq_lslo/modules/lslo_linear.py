@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .lowrank_ops import LinearLowRank, LowRankAdd, low_rank_add_, masked_factors
 from .routing import LanguageRouter
 
 #: every parameter or buffer whose name contains this belongs to LSLo (and trains)
@@ -87,20 +88,16 @@ class LowRankBank(nn.Module):
         B = getattr(self, f"B{r}")[i] * getattr(self, f"B{r}_mask")[i]
         return A, B
 
-    def _padded_stack(self) -> Tuple[Tensor, Tensor]:
-        """All slots' masked factors zero-padded to r_max: (K, r_max, d_in), (K, d_out, r_max)."""
-        As, Bs = [], []
-        for r in self.rank_buckets:
-            A = getattr(self, f"A{r}") * getattr(self, f"A{r}_mask")
-            B = getattr(self, f"B{r}") * getattr(self, f"B{r}_mask")
-            if r < self.r_max:
-                A = F.pad(A, (0, 0, 0, self.r_max - r))
-                B = F.pad(B, (0, self.r_max - r))
-            As.append(A)
-            Bs.append(B)
-        if len(As) == 1:
-            return As[0], Bs[0]
-        return torch.cat(As), torch.cat(Bs)
+    def buckets(self) -> List[Tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """``(A, A_mask, B, B_mask)`` of every rank bucket, smallest rank first."""
+        return [tuple(getattr(self, f"{f}{r}{m}") for f in ("A", "B") for m in ("", "_mask")) for r in self.rank_buckets]
+
+    def _masked(self, slot: Optional[int]) -> Tuple[Tensor, Tensor]:
+        """Masked ``(A, Bt)`` of one slot (1 x r x ...) or of all slots, padded (K x r_max x ...)."""
+        if slot is None:
+            return masked_factors(self.buckets(), None)
+        r, i = self.slot_place[slot]
+        return masked_factors(self.buckets(), (self.rank_buckets.index(r), i))
 
     def delta(self, x: Tensor, slots: Optional[Tensor], uniform: Optional[int]) -> Tensor:
         """Adapter output for time-major ``x`` (T x batch x d_in); ``slots`` holds one id per sample.
@@ -122,34 +119,34 @@ class LowRankBank(nn.Module):
         """
         shape = out.shape
         out = _storage_owner(out)
-        apply = _LowRankAdd.apply if torch.is_grad_enabled() else _low_rank_add_
+        apply = LowRankAdd.apply if torch.is_grad_enabled() else low_rank_add_
         if uniform is not None:
-            A, B = self._cached(("slot", uniform), lambda: self.factors(uniform))
+            A, Bt = self._cached(("slot", uniform), lambda: self._masked(uniform))
             scale = self.slot_scale[uniform : uniform + 1].to(x.dtype)
-            return apply(out, x, A[None], B[None], scale, None).view(shape)
+            return apply(out, x, A, Bt, scale, None).view(shape)
         self._check_time_major(x, slots)
-        A_pad, B_pad = self._cached(("stack",), self._padded_stack)
+        A_all, Bt_all = self._cached(("stack",), lambda: self._masked(None))
         rows = self.slot_row.index_select(0, slots)
         scale = self.slot_scale.index_select(0, slots).to(x.dtype)
-        return apply(out, x, A_pad, B_pad, scale, rows).view(shape)
+        return apply(out, x, A_all, Bt_all, scale, rows).view(shape)
 
     def linear_with_delta(
         self, x: Tensor, weight: Tensor, bias: Optional[Tensor], slots: Optional[Tensor], uniform: Optional[int]
     ) -> Tensor:
-        """``F.linear(x, weight, bias) + delta(x)``, fused (see :class:`_LinearLowRank`)."""
+        """``F.linear(x, weight, bias) + delta(x)``, fused (see :class:`LinearLowRank`)."""
         if not torch.is_grad_enabled():
             return self.add_delta(F.linear(x, weight, bias), x, slots, uniform)
         if uniform is not None:
-            A, B = self.factors(uniform)
+            A, Bt = self._masked(uniform)
             scale = self.slot_scale[uniform : uniform + 1].to(x.dtype)
-            return _LinearLowRank.apply(x, weight, bias, A[None], B[None], scale, None).view(
-                x.shape[:-1] + (weight.size(0),))
-        self._check_time_major(x, slots)
-        A_pad, B_pad = self._padded_stack()
-        rows = self.slot_row.index_select(0, slots)
-        scale = self.slot_scale.index_select(0, slots).to(x.dtype)
-        return _LinearLowRank.apply(x, weight, bias, A_pad, B_pad, scale, rows).view(
-            x.shape[:-1] + (weight.size(0),))
+            rows = None
+        else:
+            self._check_time_major(x, slots)
+            A, Bt = self._masked(None)
+            rows = self.slot_row.index_select(0, slots)
+            scale = self.slot_scale.index_select(0, slots).to(x.dtype)
+        out = LinearLowRank.apply(x, weight, bias, A, Bt, scale, rows)
+        return out.view(x.shape[:-1] + (weight.size(0),))
 
     @staticmethod
     def _check_time_major(x: Tensor, slots: Optional[Tensor]) -> None:
@@ -316,127 +313,3 @@ def _storage_owner(out: Tensor) -> Tensor:
     ):
         return base
     return out
-
-
-def _low_rank_add_parts(out: Tensor, x: Tensor, A: Tensor, B: Tensor, scale: Tensor, rows: Optional[Tensor]):
-    """The forward of :class:`_LowRankAdd` (in place in ``out``); returns what the backward needs.
-
-    Everything is computed in ``out``'s dtype (under autocast the frozen map's output may be
-    half precision while the factors are fp32).
-    """
-    dtype = out.dtype
-    x, A, B, scale = x.to(dtype), A.to(dtype), B.to(dtype), scale.to(dtype)
-    out = out.view(x.shape[:-1] + (out.size(-1),))
-    if rows is None:
-        A_s, B_s = A, B
-        x_b = x.reshape(1, -1, x.size(-1))
-        out_b = out.view(1, -1, out.size(-1))
-    else:
-        A_s, B_s = A.index_select(0, rows), B.index_select(0, rows)
-        x_b, out_b = x.transpose(0, 1), out.transpose(0, 1)
-    h = torch.bmm(x_b, A_s.transpose(1, 2))  # N x T x r, before scaling
-    out_b.baddbmm_(h * scale[:, None, None], B_s.transpose(1, 2))
-    return x, A_s, B_s, h, scale
-
-
-def _low_rank_add_(out: Tensor, x: Tensor, A: Tensor, B: Tensor, scale: Tensor, rows: Optional[Tensor]) -> Tensor:
-    """:class:`_LowRankAdd` without autograd bookkeeping (inference)."""
-    _low_rank_add_parts(out, x, A, B, scale, rows)
-    return out
-
-
-def _low_rank_backward(ctx, grad_out: Tensor, grad_x: Optional[Tensor], need_x: bool):
-    """Gradients of the low-rank part: (grad_x, grad_A, grad_B, grad_scale).
-
-    ``grad_x``, when given, is the input gradient of the frozen map (shaped like ``x``):
-    the low-rank part is accumulated into it in place instead of into a new tensor.
-    """
-    x, A_s, B_s, h, scale, rows = ctx.saved_tensors[:6]
-    need_A, need_B, need_scale = ctx.need_factors
-    grad_out = grad_out.to(h.dtype).reshape(x.shape[:-1] + (grad_out.size(-1),))
-    if rows is None:
-        g_b = grad_out.reshape(1, -1, grad_out.size(-1))
-        x_b = x.reshape(1, -1, x.size(-1))
-    else:
-        g_b, x_b = grad_out.transpose(0, 1), x.transpose(0, 1)
-    grad_A = grad_B = grad_scale = None
-    g_h = torch.bmm(g_b, B_s)  # N x T x r: gradient of the scaled h
-    if need_B:
-        grad_B = torch.bmm(g_b.transpose(1, 2), h * scale[:, None, None])  # N x d_out x r
-    if need_scale:
-        grad_scale = (g_h * h).sum(dim=(1, 2))
-    g_h = g_h * scale[:, None, None]  # gradient of h before scaling
-    if need_A:
-        grad_A = torch.bmm(g_h.transpose(1, 2), x_b)  # N x r x d_in
-    if need_x:
-        if grad_x is None:
-            grad_x = torch.bmm(g_h, A_s)
-            grad_x = grad_x.view(x.shape) if rows is None else grad_x.transpose(0, 1)
-        else:
-            target = grad_x.view(1, -1, x.size(-1)) if rows is None else grad_x.transpose(0, 1)
-            target.baddbmm_(g_h, A_s)
-    if rows is not None:
-        if grad_A is not None:
-            grad_A = grad_A.new_zeros((ctx.num_slots,) + grad_A.shape[1:]).index_add_(0, rows, grad_A)
-        if grad_B is not None:
-            grad_B = grad_B.new_zeros((ctx.num_slots,) + grad_B.shape[1:]).index_add_(0, rows, grad_B)
-    return grad_x, grad_A, grad_B, grad_scale
-
-
-class _LowRankAdd(torch.autograd.Function):
-    """``out[t, b] += scale[b] * B[row b] A[row b] x[t, b]`` in place, with hand-written gradients.
-
-    ``rows is None``: one pair for every position (``x``: ... x d_in, ``A``: 1 x r x d_in).
-    Otherwise ``x``/``out`` are time-major (T x N x d) and sample ``b`` uses pair
-    ``rows[b]`` of the stacks ``A`` (K x r x d_in) and ``B`` (K x d_out x r).
-    Writing into ``out`` (the frozen layer's output) avoids a full-size temporary and the
-    extra pass of adding it; the backward reads the incoming gradient in place (strided
-    batched matmuls) and scatters the per-sample factor gradients back to the K slots.
-    """
-
-    @staticmethod
-    def forward(ctx, out: Tensor, x: Tensor, A: Tensor, B: Tensor, scale: Tensor, rows: Optional[Tensor]):
-        x, A_s, B_s, h, scale = _low_rank_add_parts(out, x, A, B, scale, rows)
-        ctx.mark_dirty(out)
-        ctx.save_for_backward(x, A_s, B_s, h, scale, rows)
-        ctx.num_slots = A.size(0)
-        ctx.need_factors = ctx.needs_input_grad[2:5]
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        grads = _low_rank_backward(ctx, grad_out, None, ctx.needs_input_grad[1])
-        return (grad_out,) + grads + (None,)
-
-
-class _LinearLowRank(torch.autograd.Function):
-    """``F.linear(x, weight, bias)`` plus the routed low-rank update, fused.
-
-    The same arithmetic as ``_LowRankAdd`` on top of the frozen map, but owning the frozen
-    map's backward too: the low-rank input gradient is accumulated in place into
-    ``grad_out @ weight`` instead of being a second full-size tensor that autograd adds.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], A: Tensor, B: Tensor, scale: Tensor,
-                rows: Optional[Tensor]):
-        x2 = x.reshape(-1, x.size(-1))
-        out = torch.addmm(bias, x2, weight.t()) if bias is not None else torch.mm(x2, weight.t())
-        x, A_s, B_s, h, scale = _low_rank_add_parts(out, x, A, B, scale, rows)
-        ctx.save_for_backward(x, A_s, B_s, h, scale, rows, weight)
-        ctx.num_slots = A.size(0)
-        ctx.need_factors = ctx.needs_input_grad[3:6]
-        # the 2-D result itself, not a view of it: callers (fairseq's attention: q *= scaling)
-        # modify it in place, which autograd forbids on a view made inside a custom Function
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        x, weight = ctx.saved_tensors[0], ctx.saved_tensors[6]
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        g2 = grad_out.to(x.dtype).reshape(-1, grad_out.size(-1))
-        grad_x = torch.mm(g2, weight.to(x.dtype)).view(x.shape) if need_x else None
-        grad_x, grad_A, grad_B, grad_scale = _low_rank_backward(ctx, grad_out, grad_x, need_x)
-        grad_w = torch.mm(g2.t(), x.reshape(-1, x.size(-1))) if need_w else None
-        grad_b = g2.sum(0) if need_b else None
-        return grad_x, grad_w, grad_b, grad_A, grad_B, grad_scale, None
