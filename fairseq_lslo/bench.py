@@ -4,7 +4,9 @@
     python -m fairseq_lslo.bench --device cuda   # GPU -> results/bench/bench-gpu.json
 
 Every timed figure is median(ours) / median(reference) over interleaved repeats after
-warm-up.  On CPU the clock is the process CPU time (``time.process_time``): the machine
+warm-up; the JSON also gives the quartiles of the same ratio taken round by round (the two
+functions ran next to each other in every round), so the run's own spread is on record.
+On CPU the clock is the process CPU time (``time.process_time``): the machine
 is shared with other jobs, and CPU time does not count the time other processes hold the
 cores; on CUDA it is wall time between synchronisations.
 """
@@ -20,7 +22,7 @@ import statistics
 import sys
 import time
 from argparse import Namespace
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +53,21 @@ class Clock:
         return time.process_time()
 
 
-def compare(clock: Clock, fns: Dict[str, Callable[[], None]], repeats: int, warmup: int) -> Dict[str, float]:
+class Timings(dict):
+    """Median seconds of each function (the dict itself); every round's times in ``rounds``."""
+
+    def __init__(self, rounds: Dict[str, List[float]]):
+        super().__init__({k: statistics.median(v) for k, v in rounds.items()})
+        self.rounds = rounds
+
+    def round_ratios(self, num: str, den: str) -> List[float]:
+        """Quartiles (q1, median, q3) of ``num / den`` taken round by round: the spread of the figure."""
+        ratios = [a / b for a, b in zip(self.rounds[num], self.rounds[den])]
+        q1, q2, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+        return [round(q1, 4), round(q2, 4), round(q3, 4)]
+
+
+def compare(clock: Clock, fns: Dict[str, Callable[[], None]], repeats: int, warmup: int) -> Timings:
     """Median time of each function, run interleaved after ``warmup`` rounds.
 
     The order rotates from round to round, so no function always runs first or after the same one.
@@ -67,7 +83,7 @@ def compare(clock: Clock, fns: Dict[str, Callable[[], None]], repeats: int, warm
             elapsed = clock.now() - start
             if i >= warmup:
                 times[name].append(elapsed)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return Timings(times)
 
 
 # --- models --------------------------------------------------------------------------------
@@ -226,6 +242,8 @@ def bench_module(device: torch.device, clock: Clock, repeats: int, warmup: int) 
         "module_seconds": {"frozen": t["frozen"], "ours": t["ours"], "ours_beside_loop": t_loop["ours"],
                            "loop": t_loop["loop"]},
         "module_setup": f"LSLoLinear {d_in}->{d_out}, {N} sentences x {T} tokens, 12 languages ranks 2/2/8",
+        "round_ratios": {"module_vs_frozen": t.round_ratios("ours", "frozen"),
+                         "module_vs_loop": t_loop.round_ratios("loop", "ours")},
     }
 
 
@@ -271,6 +289,7 @@ def bench_training(dims: dict, batch: int, length: int, device: torch.device, cl
     result = {
         "train_tokens_per_s_vs_full_ft": t["full"] / t["lslo"],
         "train_tokens_per_s": {k: tokens / v for k, v in t.items()},
+        "round_ratios": {"train_tokens_per_s_vs_full_ft": t.round_ratios("full", "lslo")},
         "train_setup": f"{dims['layers']}+{dims['layers']} layers, dim {dims['dim']}, ffn {dims['ffn']}, "
                        f"vocab {dims['vocab']}, batch {batch} x {length} tokens, LSLo on fc1/fc2",
         "optimizer_state_bytes_train_dims": {k: state_bytes(o) for k, o in opts.items()},
@@ -347,7 +366,9 @@ def bench_generation(dims: dict, batch: int, src_len: int, out_len: int, beam: i
     return {
         "generate_unmerged_vs_base": t["unmerged"] / t["base"],
         "generate_merged_vs_base": t["merged"] / t["base"],
-        "generate_seconds": t,
+        "generate_seconds": dict(t),
+        "round_ratios": {"generate_unmerged_vs_base": t.round_ratios("unmerged", "base"),
+                         "generate_merged_vs_base": t.round_ratios("merged", "base")},
         "generate_merged_same_hypotheses": same,
         "generate_setup": f"{dims['layers']}+{dims['layers']} layers, dim {dims['dim']}, vocab {dims['vocab']}, "
                           f"{batch} sentences x {src_len} tokens, beam {beam}, {out_len} output tokens",
@@ -355,10 +376,13 @@ def bench_generation(dims: dict, batch: int, src_len: int, out_len: int, beam: i
 
 
 # --- driver --------------------------------------------------------------------------------
-def verdict(name: str, value: float) -> dict:
+def verdict(name: str, value: float, round_ratios: Optional[List[float]]) -> dict:
     op, target = TARGETS[name]
     met = value <= target if op == "<=" else value >= target
-    return {"value": round(value, 4), "target": f"{op} {target}", "met": met}
+    out = {"value": round(value, 4), "target": f"{op} {target}", "met": met}
+    if round_ratios is not None:
+        out["round_ratio_quartiles"] = round_ratios  # the same ratio round by round: its spread
+    return out
 
 
 def device_name(device: torch.device) -> str:
@@ -380,19 +404,25 @@ def run(device: torch.device, quick: bool) -> dict:
     train_dims = dict(layers=12, dim=1024, ffn=4096, heads=16, vocab=256206) if gpu else \
         dict(layers=6, dim=512, ffn=2048, heads=8, vocab=8000)
     results: dict = {}
+    spread: Dict[str, List[float]] = {}
+
+    def collect(section: dict) -> dict:
+        spread.update(section.pop("round_ratios", {}))
+        results.update(section)
+        return section
+
     t0 = time.time()
-    results.update(bench_module(device, clock, repeats=max(3, 12 // r), warmup=3))
+    collect(bench_module(device, clock, repeats=max(3, 16 // r), warmup=3))
     print(f"[bench] module done ({time.time() - t0:.0f}s)", file=sys.stderr)
-    train = bench_training(train_dims, batch=64 if gpu else 16, length=32, device=device, clock=clock,
-                           repeats=max(3, 7 // r), warmup=2)
-    results.update(train)
+    train = collect(bench_training(train_dims, batch=64 if gpu else 16, length=32, device=device, clock=clock,
+                                   repeats=max(3, 9 // r), warmup=2))
     print(f"[bench] training done ({time.time() - t0:.0f}s)", file=sys.stderr)
     per_param = {k: train["optimizer_state_bytes_train_dims"][k] / train["trainable_parameters_train_dims"][k]
                  for k in ("full", "lslo")}
     results["optimizer_state_bytes_per_trainable_parameter"] = per_param
     results.update(optimizer_state_615m(per_param))
     gen_dims = train_dims
-    results.update(bench_generation(gen_dims, batch=32 if gpu else 8, src_len=24, out_len=24, beam=5,
+    collect(bench_generation(gen_dims, batch=32 if gpu else 8, src_len=24, out_len=24, beam=5,
                                     device=device, clock=clock, repeats=max(3, 10 // r), warmup=2))
     print(f"[bench] generation done ({time.time() - t0:.0f}s)", file=sys.stderr)
     return {
@@ -404,16 +434,18 @@ def run(device: torch.device, quick: bool) -> dict:
         "command": " ".join(["python -m fairseq_lslo.bench"] + sys.argv[1:]),
         "seconds": round(time.time() - t0, 1),
         "method": "each figure: median over interleaved repeats (rotating order) after warm-up, in one process",
-        "figures": {name: verdict(name, results[name]) for name in TARGETS},
+        "figures": {name: verdict(name, results[name], spread.get(name)) for name in TARGETS},
         "details": results,
     }
 
 
 def table(report: dict) -> str:
     lines = [f"LSLo benchmark - {report['date']} - {report['device']} - clock: {report['clock']}",
-             "", "| figure | measured | target | met |", "|---|---|---|---|"]
+             "", "| figure | measured | round by round (q1-q3) | target | met |", "|---|---|---|---|---|"]
     for name, f in report["figures"].items():
-        lines.append(f"| `{name}` | {f['value']:.3f} | {f['target']} | {'yes' if f['met'] else 'NO'} |")
+        q = f.get("round_ratio_quartiles")
+        spread = f"{q[0]:.3f}-{q[2]:.3f}" if q else "-"
+        lines.append(f"| `{name}` | {f['value']:.3f} | {spread} | {f['target']} | {'yes' if f['met'] else 'NO'} |")
     return "\n".join(lines)
 
 

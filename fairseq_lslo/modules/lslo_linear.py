@@ -90,7 +90,8 @@ class LowRankBank(nn.Module):
 
     def buckets(self) -> List[Tuple[Tensor, Tensor, Tensor, Tensor]]:
         """``(A, A_mask, B, B_mask)`` of every rank bucket, smallest rank first."""
-        return [tuple(getattr(self, f"{f}{r}{m}") for f in ("A", "B") for m in ("", "_mask")) for r in self.rank_buckets]
+        return [tuple(getattr(self, f"{f}{r}{m}") for f in ("A", "B") for m in ("", "_mask"))
+                for r in self.rank_buckets]
 
     def _masked(self, slot: Optional[int]) -> Tuple[Tensor, Tensor]:
         """Masked ``(A, Bt)`` of one slot (1 x r x ...) or of all slots, padded (K x r_max x ...)."""
