@@ -38,7 +38,6 @@ class LowRankBank(nn.Module):
         self.ranks: List[int] = [int(r) for r in ranks]
         self.alpha = float(alpha)
         self.rank_buckets: List[int] = sorted(set(self.ranks))
-        self.r_max = self.rank_buckets[-1]
         # slot -> (rank, index inside its bucket); slot -> row in the padded stack
         self.slot_place: List[Tuple[int, int]] = []
         bucket_start, start = {}, 0
