@@ -13,23 +13,11 @@ import contextlib
 import io
 import os
 import sys
-from typing import List
+
+from data_prep.score import read_hypotheses
 
 from .commands import generate_args
 from .config import CONFIGS
-
-
-def read_hypotheses(generate_output: str) -> List[str]:
-    """The ``D-<id>`` lines of a fairseq-generate output file, in id order."""
-    hyps = {}
-    with open(generate_output, encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("D-"):
-                head, _score, *text = line.rstrip("\n").split("\t")
-                hyps[int(head[2:])] = text[0] if text else ""
-    if not hyps:
-        raise RuntimeError(f"{generate_output}: no hypotheses (D- lines) found")
-    return [hyps[i] for i in range(max(hyps) + 1)]
 
 
 def generation_config(demo: str, data: str, ckpt: str, out_dir: str):
