@@ -5,11 +5,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fairseq_lslo.modules import lowrank_ops
 from fairseq_lslo.modules.lslo_linear import LowRankBank, LSLoLinear
 from fairseq_lslo.modules.routing import BatchLanguages, LanguageRouter
 
 D_IN, D_OUT = 12, 20
 RANKS = [2, 4, 2, 8, 4, 1]  # languages with different ranks, several per rank bucket
+
+
+@pytest.fixture(autouse=True, params=["batched", "per_sample"])
+def products(request, monkeypatch):
+    """Every test runs on both ways of computing a mixed batch (padded batched matmuls, and
+    one sample at a time at its own rank, which CPU uses for large layers)."""
+    monkeypatch.setattr(lowrank_ops, "PER_SAMPLE_MIN_SLAB", 0 if request.param == "per_sample" else 2**62)
+    return request.param
 
 
 def random_bank(seed: int, alpha: float = 2.0) -> LowRankBank:
@@ -210,3 +219,14 @@ def test_eval_after_an_optimizer_step_sees_the_new_weights():
         expected = reference_loop(bank, x, slots)
     assert not torch.equal(before, after)
     torch.testing.assert_close(after, expected)
+
+
+def test_cpu_runs_large_mixed_batches_sample_by_sample(monkeypatch):
+    """The rule that picks the way: mixed batches on CPU whose sample slab is large enough."""
+    monkeypatch.setattr(lowrank_ops, "PER_SAMPLE_MIN_SLAB", 1 << 16)
+    rows = torch.zeros(4, dtype=torch.long)
+    x = torch.empty(32, 4, 8)
+    assert lowrank_ops._per_sample(x, 2048, rows)  # 32 tokens x 2048 outputs
+    assert not lowrank_ops._per_sample(x, 1024, rows)  # slab below the threshold
+    assert not lowrank_ops._per_sample(x, 2048, None)  # one language: two plain products
+    assert not lowrank_ops._per_sample(x.to("meta"), 2048, rows)  # not CPU: batched kernels

@@ -4,7 +4,9 @@
   routed products use: every slot's ``A`` (r x d_in) and ``B`` transposed (``Bt``: r x d_out),
   zero-padded to the largest rank and stacked, or one slot's pair alone.
 * :class:`LowRankAdd` adds the routed update to an existing output in place;
-  :class:`LinearLowRank` computes the frozen map and the update together.
+  :class:`LinearLowRank` computes the frozen map and the update together.  A mixed batch
+  runs either as batched matmuls over samples, each padded to the largest rank, or (large
+  layers on CPU, :func:`_per_sample`) one sample at a time at its own rank.
 
 ``B`` is used transposed throughout: with the wide dimension (d_out) last, the batched
 products that read or write full-size tensors (the output, its gradient) have them as their
@@ -110,17 +112,49 @@ class _NoContext:
 
 
 # --- the routed low-rank update ---------------------------------------------------------------
-def _routed_update(out: Tensor, x: Tensor, A: Tensor, Bt: Tensor, scale: Tensor, rows: Optional[Tensor]):
+#: on CPU, a mixed batch whose per-sample output slab (tokens x d_out) has at least this many
+#: elements runs the low-rank products sample by sample (see :func:`_per_sample`)
+PER_SAMPLE_MIN_SLAB = 1 << 16
+
+
+def _per_sample(x: Tensor, out_features: int, rows: Optional[Tensor]) -> bool:
+    """Whether a mixed batch runs sample by sample instead of as padded batched products.
+
+    On CPU, one sample at a time lets every sample use its own rank (the padded stack runs
+    every sample at the largest one), keeps the sample's slab of the output gradient in cache
+    between the two products that read it, and sums factor gradients straight into their
+    slot (no per-sample gradient tensor, no scatter).  Below :data:`PER_SAMPLE_MIN_SLAB` the
+    Python loop costs more than that saves; on GPUs one batched kernel per product is better.
+    """
+    return rows is not None and x.device.type == "cpu" and x.size(0) * out_features >= PER_SAMPLE_MIN_SLAB
+
+
+def _own_rank(stack: Tensor, row_ranks: Sequence[int]) -> List[Tensor]:
+    """Each row of a padded factor stack cut to its slot's own rank (views)."""
+    return [f[:r] for f, r in zip(stack.unbind(0), row_ranks)]
+
+
+def _routed_update(out: Tensor, x: Tensor, A: Tensor, Bt: Tensor, scale: Tensor, rows: Optional[Tensor],
+                   row_ranks: Sequence[int]) -> Tuple[List[Tensor], Optional[List[Tensor]]]:
     """``out += scale * (x A^T) Bt`` per sample, in place; returns what the backward needs.
 
     ``rows is None``: one pair for all positions (``A``: 1 x r x d_in, ``x``: ... x d_in).
-    Otherwise ``x``/``out`` are time-major (T x N x d) and sample ``b`` uses pair ``rows[b]``
-    of the stacks.  Everything is computed in ``out``'s dtype (under autocast the frozen
-    map's output may be half precision while the factors are fp32).
+    Otherwise ``x``/``out`` are time-major (T x N x d) and sample ``b`` uses row ``rows[b]``
+    of the stacks, whose own rank is ``row_ranks[rows[b]]``.  Everything is computed in
+    ``out``'s dtype (under autocast the frozen map's output may be half precision while the
+    factors are fp32).  Returns (tensors to save, the per-sample ``h`` list or None).
     """
     dtype = out.dtype
     x, A, Bt, scale = x.to(dtype), A.to(dtype), Bt.to(dtype), scale.to(dtype)
     out = out.view(x.shape[:-1] + (out.size(-1),))
+    if _per_sample(x, out.size(-1), rows):
+        As, Bts = _own_rank(A, row_ranks), _own_rank(Bt, row_ranks)
+        outs, xs, hs = out.unbind(1), x.unbind(1), []
+        for b, (k, s) in enumerate(zip(rows.tolist(), scale.tolist())):
+            h = torch.mm(xs[b], As[k].t())  # T x r, before scaling
+            outs[b].addmm_(h, Bts[k], alpha=s)
+            hs.append(h)
+        return [x, A, Bt, scale], hs
     if rows is None:
         A_s, Bt_s = A, Bt
         x_b, out_b = x.reshape(1, -1, x.size(-1)), out.view(1, -1, out.size(-1))
@@ -129,35 +163,42 @@ def _routed_update(out: Tensor, x: Tensor, A: Tensor, Bt: Tensor, scale: Tensor,
         x_b, out_b = x.transpose(0, 1), out.transpose(0, 1)
     h = torch.bmm(x_b, A_s.transpose(1, 2))  # N x T x r, before scaling
     out_b.baddbmm_(h * scale[:, None, None], Bt_s)
-    return x, A_s, Bt_s, h, scale
+    return [x, A_s, Bt_s, scale, h], None
 
 
-def low_rank_add_(out: Tensor, x: Tensor, A: Tensor, Bt: Tensor, scale: Tensor, rows: Optional[Tensor]) -> Tensor:
+def low_rank_add_(out: Tensor, x: Tensor, A: Tensor, Bt: Tensor, scale: Tensor, rows: Optional[Tensor],
+                  row_ranks: Sequence[int]) -> Tensor:
     """:class:`LowRankAdd` without autograd bookkeeping (inference)."""
-    _routed_update(out, x, A, Bt, scale, rows)
+    _routed_update(out, x, A, Bt, scale, rows, row_ranks)
     return out
 
 
+def _save(ctx, saved: List[Tensor], hs: Optional[List[Tensor]], rows: Optional[Tensor], row_ranks: Sequence[int],
+          num_slots: int, need_factors: Tuple[bool, bool], *more: Optional[Tensor]) -> None:
+    ctx.save_for_backward(*saved, rows, *more)
+    ctx.hs, ctx.row_ranks, ctx.num_slots, ctx.need_factors = hs, row_ranks, num_slots, need_factors
+
+
 def _routed_backward(ctx, grad_out: Tensor, grad_x: Optional[Tensor], need_x: bool):
-    """Gradients of the routed update: (grad_x, grad_A, grad_Bt, grad_scale).
+    """Gradients of the routed update: (grad_x, grad_A, grad_Bt).  ``scale`` (alpha / rank, a
+    buffer) gets none.
 
     ``grad_x``, when given, is the input gradient of the frozen map (shaped like ``x``): the
-    low-rank part is accumulated into it in place instead of into a new tensor.  Per-sample
-    factor gradients are summed into their slots with one ``index_add_`` per factor.
+    low-rank part is accumulated into it in place instead of into a new tensor.
     """
-    x, A_s, Bt_s, h, scale, rows = ctx.saved_tensors[:6]
-    need_A, need_B, need_scale = ctx.need_factors
+    if ctx.hs is not None:
+        return _per_sample_backward(ctx, grad_out, grad_x, need_x)
+    x, A_s, Bt_s, scale, h, rows = ctx.saved_tensors[:6]
+    need_A, need_B = ctx.need_factors
     grad_out = grad_out.to(h.dtype).reshape(x.shape[:-1] + (grad_out.size(-1),))
     if rows is None:
         g_b, x_b = grad_out.reshape(1, -1, grad_out.size(-1)), x.reshape(1, -1, x.size(-1))
     else:
         g_b, x_b = grad_out.transpose(0, 1), x.transpose(0, 1)
-    grad_A = grad_Bt = grad_scale = None
+    grad_A = grad_Bt = None
     g_hT = torch.bmm(Bt_s, g_b.transpose(1, 2))  # N x r x T: gradient of the scaled h, transposed
     if need_B:
         grad_Bt = torch.bmm((h * scale[:, None, None]).transpose(1, 2), g_b)  # N x r x d_out
-    if need_scale:
-        grad_scale = (g_hT * h.transpose(1, 2)).sum(dim=(1, 2))
     g_hT.mul_(scale[:, None, None])  # gradient of h before scaling
     if need_A:
         grad_A = torch.bmm(g_hT, x_b)  # N x r x d_in
@@ -168,12 +209,38 @@ def _routed_backward(ctx, grad_out: Tensor, grad_x: Optional[Tensor], need_x: bo
         else:
             target = grad_x.view(1, -1, x.size(-1)) if rows is None else grad_x.transpose(0, 1)
             target.baddbmm_(g_hT.transpose(1, 2), A_s)
-    if rows is not None:
+    if rows is not None:  # per-sample factor gradients summed into their slots
         if grad_A is not None:
             grad_A = grad_A.new_zeros((ctx.num_slots,) + grad_A.shape[1:]).index_add_(0, rows, grad_A)
         if grad_Bt is not None:
             grad_Bt = grad_Bt.new_zeros((ctx.num_slots,) + grad_Bt.shape[1:]).index_add_(0, rows, grad_Bt)
-    return grad_x, grad_A, grad_Bt, grad_scale
+    return grad_x, grad_A, grad_Bt
+
+
+def _per_sample_backward(ctx, grad_out: Tensor, grad_x: Optional[Tensor], need_x: bool):
+    """:func:`_routed_backward` one sample at a time, each at its own rank, summing into the slots."""
+    x, A, Bt, scale, rows = ctx.saved_tensors[:5]
+    need_A, need_B = ctx.need_factors
+    grad_out = grad_out.to(x.dtype).reshape(x.shape[:-1] + (grad_out.size(-1),))
+    As, Bts = _own_rank(A, ctx.row_ranks), _own_rank(Bt, ctx.row_ranks)
+    grad_A = torch.zeros_like(A) if need_A else None
+    grad_Bt = torch.zeros_like(Bt) if need_B else None
+    if need_x and grad_x is None:
+        grad_x = torch.zeros_like(x)
+    gAs = _own_rank(grad_A, ctx.row_ranks) if need_A else None
+    gBts = _own_rank(grad_Bt, ctx.row_ranks) if need_B else None
+    gxs = grad_x.unbind(1) if need_x else None
+    gs, xs = grad_out.unbind(1), x.unbind(1)
+    for b, (k, s) in enumerate(zip(rows.tolist(), scale.tolist())):
+        g, h = gs[b], ctx.hs[b]
+        g_h = torch.mm(g, Bts[k].t())  # T x r: gradient of the scaled h
+        if need_B:
+            gBts[k].addmm_(h.t(), g, alpha=s)
+        if need_A:
+            gAs[k].addmm_(g_h.t(), xs[b], alpha=s)
+        if need_x:
+            gxs[b].addmm_(g_h, As[k], alpha=s)
+    return grad_x, grad_A, grad_Bt
 
 
 class LowRankAdd(torch.autograd.Function):
@@ -185,18 +252,17 @@ class LowRankAdd(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, out: Tensor, x: Tensor, A: Tensor, Bt: Tensor, scale: Tensor, rows: Optional[Tensor]):
-        saved = _routed_update(out, x, A, Bt, scale, rows)
+    def forward(ctx, out: Tensor, x: Tensor, A: Tensor, Bt: Tensor, scale: Tensor, rows: Optional[Tensor],
+                row_ranks: Sequence[int]):
+        saved, hs = _routed_update(out, x, A, Bt, scale, rows, row_ranks)
         ctx.mark_dirty(out)
-        ctx.save_for_backward(*saved, rows)
-        ctx.num_slots = A.size(0)
-        ctx.need_factors = ctx.needs_input_grad[2:5]
+        _save(ctx, saved, hs, rows, row_ranks, A.size(0), ctx.needs_input_grad[2:4])
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         grads = _routed_backward(ctx, grad_out, None, ctx.needs_input_grad[1])
-        return (grad_out,) + grads + (None,)
+        return (grad_out,) + grads + (None, None, None)
 
 
 class LinearLowRank(torch.autograd.Function):
@@ -209,24 +275,22 @@ class LinearLowRank(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], A: Tensor, Bt: Tensor, scale: Tensor,
-                rows: Optional[Tensor]):
+                rows: Optional[Tensor], row_ranks: Sequence[int]):
         x2 = x.reshape(-1, x.size(-1))
         out = torch.addmm(bias, x2, weight.t()) if bias is not None else torch.mm(x2, weight.t())
-        saved = _routed_update(out, x, A, Bt, scale, rows)
-        ctx.save_for_backward(*saved, rows, weight)
-        ctx.num_slots = A.size(0)
-        ctx.need_factors = ctx.needs_input_grad[3:6]
+        saved, hs = _routed_update(out, x, A, Bt, scale, rows, row_ranks)
+        _save(ctx, saved, hs, rows, row_ranks, A.size(0), ctx.needs_input_grad[3:5], weight)
         # the 2-D result itself, not a view of it: callers (fairseq's attention: q *= scaling)
         # modify it in place, which autograd forbids on a view made inside a custom Function
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        x, weight = ctx.saved_tensors[0], ctx.saved_tensors[6]
+        x, weight = ctx.saved_tensors[0], ctx.saved_tensors[-1]
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         g2 = grad_out.to(x.dtype).reshape(-1, grad_out.size(-1))
         grad_x = torch.mm(g2, weight.to(x.dtype)).view(x.shape) if need_x else None
-        grad_x, grad_A, grad_Bt, grad_scale = _routed_backward(ctx, grad_out, grad_x, need_x)
+        grad_x, grad_A, grad_Bt = _routed_backward(ctx, grad_out, grad_x, need_x)
         grad_w = torch.mm(g2.t(), x.reshape(-1, x.size(-1))) if need_w else None
         grad_b = g2.sum(0) if need_b else None
-        return grad_x, grad_w, grad_b, grad_A, grad_Bt, grad_scale, None
+        return grad_x, grad_w, grad_b, grad_A, grad_Bt, None, None, None

@@ -57,6 +57,8 @@ class LowRankBank(nn.Module):
             self.register_buffer(f"A{r}_mask", torch.ones(n, r, in_features, dtype=torch.bool))
             self.register_buffer(f"B{r}_mask", torch.ones(n, out_features, r, dtype=torch.bool))
         self.register_buffer("slot_row", torch.tensor(rows, dtype=torch.long), persistent=False)
+        #: the rank of each row of the padded stack (slots in stack order)
+        self.row_ranks: Tuple[int, ...] = tuple(r for r in self.rank_buckets for _ in range(self.ranks.count(r)))
         self.register_buffer(
             "slot_scale", torch.tensor([self.alpha / r for r in self.ranks]), persistent=False
         )
@@ -111,11 +113,12 @@ class LowRankBank(nn.Module):
     def add_delta(self, out: Tensor, x: Tensor, slots: Optional[Tensor], uniform: Optional[int]) -> Tensor:
         """``out + delta(x)``, computed in place in ``out`` (autograd-safe: gradients are hand-written).
 
-        A uniform batch is two plain matrix products.  A mixed batch gathers each sample's
-        (zero-padded) pair and runs the low-rank products as batched matmuls over samples,
-        with no loop over languages; the result is accumulated straight into the time-major
-        ``out``, so no full-size temporary is allocated, and gradients are scattered back to
-        the slots' parameters with one ``index_add_`` per factor.
+        A uniform batch is two plain matrix products.  A mixed batch never loops over
+        languages: it gathers each sample's (zero-padded) pair and runs the low-rank products
+        as batched matmuls over samples, gradients scattered back to the slots with one
+        ``index_add_`` per factor; on CPU, large enough samples instead run one at a time at
+        their own rank (see ``lowrank_ops._per_sample``).  Either way the result is
+        accumulated straight into the time-major ``out``: no full-size temporary.
         """
         shape = out.shape
         out = _storage_owner(out)
@@ -123,12 +126,12 @@ class LowRankBank(nn.Module):
         if uniform is not None:
             A, Bt = self._cached(("slot", uniform), lambda: self._masked(uniform))
             scale = self.slot_scale[uniform : uniform + 1].to(x.dtype)
-            return apply(out, x, A, Bt, scale, None).view(shape)
+            return apply(out, x, A, Bt, scale, None, self.row_ranks).view(shape)
         self._check_time_major(x, slots)
         A_all, Bt_all = self._cached(("stack",), lambda: self._masked(None))
         rows = self.slot_row.index_select(0, slots)
         scale = self.slot_scale.index_select(0, slots).to(x.dtype)
-        return apply(out, x, A_all, Bt_all, scale, rows).view(shape)
+        return apply(out, x, A_all, Bt_all, scale, rows, self.row_ranks).view(shape)
 
     def linear_with_delta(
         self, x: Tensor, weight: Tensor, bias: Optional[Tensor], slots: Optional[Tensor], uniform: Optional[int]
@@ -145,7 +148,7 @@ class LowRankBank(nn.Module):
             A, Bt = self._masked(None)
             rows = self.slot_row.index_select(0, slots)
             scale = self.slot_scale.index_select(0, slots).to(x.dtype)
-        out = LinearLowRank.apply(x, weight, bias, A, Bt, scale, rows)
+        out = LinearLowRank.apply(x, weight, bias, A, Bt, scale, rows, self.row_ranks)
         return out.view(x.shape[:-1] + (weight.size(0),))
 
     @staticmethod
