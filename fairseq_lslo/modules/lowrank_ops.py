@@ -175,6 +175,7 @@ def low_rank_add_(out: Tensor, x: Tensor, A: Tensor, Bt: Tensor, scale: Tensor, 
 
 def _save(ctx, saved: List[Tensor], hs: Optional[List[Tensor]], rows: Optional[Tensor], row_ranks: Sequence[int],
           num_slots: int, need_factors: Tuple[bool, bool], *more: Optional[Tensor]) -> None:
+    """Keep on ``ctx`` what :func:`_routed_backward` reads (``more``: the caller's own tensors, last)."""
     ctx.save_for_backward(*saved, rows, *more)
     ctx.hs, ctx.row_ranks, ctx.num_slots, ctx.need_factors = hs, row_ranks, num_slots, need_factors
 
