@@ -19,6 +19,7 @@ import sys
 from typing import Dict, List, Optional
 
 from ..checkpoint_io import CheckpointError, atomic_write, load_checkpoint
+from ..languages import LSLoConfigError
 from ..modules.placement import compact_routing
 from ..modules.search import LayerChoice, choose_routing, mix_logits_from_state
 from ..modules.spec import LSLoSpec
@@ -37,9 +38,7 @@ def analyse(path: str) -> dict:
     """The learned weights and chosen routing of a checkpoint, as the JSON document of ``--json``."""
     state = load_checkpoint(path)
     model_state = state["model"]
-    if "lslo_config" not in model_state:
-        raise ArchError(f"{path}: not an LSLo checkpoint (the model has no lslo_config buffer)")
-    spec = LSLoSpec.from_tensor(model_state["lslo_config"])
+    spec = LSLoSpec.from_state(model_state, path)
     try:
         logits = mix_logits_from_state(model_state)
     except ValueError as e:
@@ -182,7 +181,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         doc = analyse(args.checkpoint)
         if args.plot:
             plot(doc, args.plot)
-    except (ArchError, CheckpointError) as e:
+    except (ArchError, CheckpointError, LSLoConfigError) as e:
         print(f"lslo-arch: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(doc, indent=2) if args.json else format_text(doc))

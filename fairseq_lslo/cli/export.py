@@ -16,7 +16,6 @@ from typing import List, Optional
 from ..checkpoint_io import CheckpointError, load_checkpoint
 from ..languages import LSLoConfigError
 from ..modules.adapter_file import adapter_tensors, save_adapters
-from ..modules.adapter_state import CONFIG_KEY
 from ..modules.spec import LSLoSpec
 
 
@@ -35,9 +34,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         model = load_checkpoint(args.checkpoint)["model"]
-        if CONFIG_KEY not in model:
-            raise LSLoConfigError(f"{args.checkpoint}: no LSLo configuration (lslo_config): not an LSLo checkpoint")
-        spec = LSLoSpec.from_tensor(model[CONFIG_KEY])
+        spec = LSLoSpec.from_state(model, args.checkpoint)
         lslo = adapter_tensors(model)
         size = save_adapters(args.output, spec, lslo)
     except (CheckpointError, LSLoConfigError, ValueError) as e:

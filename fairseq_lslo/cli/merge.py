@@ -19,7 +19,7 @@ import torch
 
 from ..checkpoint_io import CheckpointError, atomic_torch_save, load_checkpoint
 from ..languages import LSLoConfigError
-from ..modules.adapter_state import CONFIG_KEY, group_adapters, module_delta
+from ..modules.adapter_state import group_adapters, module_delta
 from ..modules.lslo_linear import is_lslo_key
 from ..modules.spec import LSLoSpec
 
@@ -33,11 +33,11 @@ def language_id(spec: LSLoSpec, code: str, flag: str) -> int:
 
 
 @torch.no_grad()
-def merge_model_state(model: Dict[str, torch.Tensor], src: str, tgt: str) -> Dict[str, torch.Tensor]:
+def merge_model_state(
+    model: Dict[str, torch.Tensor], src: str, tgt: str, where: str = "the checkpoint"
+) -> Dict[str, torch.Tensor]:
     """A new state dict: every LSLo module's direction delta added to its base weight, LSLo keys gone."""
-    if CONFIG_KEY not in model:
-        raise LSLoConfigError("the checkpoint has no LSLo configuration (lslo_config): is it an LSLo model?")
-    spec = LSLoSpec.from_tensor(model[CONFIG_KEY])
+    spec = LSLoSpec.from_state(model, where)
     src_id = language_id(spec, src, "--source-lang")
     tgt_id = language_id(spec, tgt, "--target-lang")
     merged = {k: v for k, v in model.items() if not is_lslo_key(k)}
@@ -75,7 +75,7 @@ def plain_model_args(model_args: Any) -> Dict[str, Any]:
     return vars(args)
 
 
-def plain_checkpoint(state: Dict[str, Any], src: str, tgt: str) -> Dict[str, Any]:
+def plain_checkpoint(state: Dict[str, Any], src: str, tgt: str, where: str = "the checkpoint") -> Dict[str, Any]:
     """A fairseq ``transformer`` checkpoint for one direction of the LSLo checkpoint ``state``."""
     cfg = state.get("cfg")
     if cfg is None and isinstance(state.get("args"), Namespace):
@@ -99,7 +99,7 @@ def plain_checkpoint(state: Dict[str, Any], src: str, tgt: str) -> Dict[str, Any
     return {
         "args": None,
         "cfg": cfg,
-        "model": merge_model_state(state["model"], src, tgt),
+        "model": merge_model_state(state["model"], src, tgt, where),
         "criterion": None,
         "optimizer_history": history or [
             {"criterion_name": "CrossEntropyCriterion", "optimizer_name": "none",
@@ -129,7 +129,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         state = load_checkpoint(args.checkpoint)
-        merged = plain_checkpoint(state, args.source_lang, args.target_lang)
+        merged = plain_checkpoint(state, args.source_lang, args.target_lang, args.checkpoint)
         atomic_torch_save(merged, args.output)
     except (CheckpointError, LSLoConfigError, ValueError) as e:
         print(f"lslo-merge: error: {e}", file=sys.stderr)

@@ -16,10 +16,9 @@ from typing import Dict, List, Optional
 import torch
 
 from ..checkpoint_io import CheckpointError, load_checkpoint
-from ..modules.spec import LSLoSpec
+from ..modules.spec import CONFIG_KEY, LSLoSpec
 
 FORMAT = "lslo-stats/1"
-CONFIG_KEY = "lslo_config"
 _FACTOR = re.compile(r"^(?P<bank>.*\blslo_(?P<kind>src|tgt|shared))\.(?P<factor>[AB])(?P<rank>\d+)$")
 #: state-dict entries that are buffers, not parameters
 _BUFFER_SUFFIXES = ("_mask", ".version", "._float_tensor")
@@ -74,12 +73,7 @@ def compute_stats(path: str, state: Optional[dict] = None) -> dict:
         except Exception as e:  # torch.load fails in many ways on files that are not checkpoints
             raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
     model = state["model"]
-    if CONFIG_KEY not in model:
-        raise CheckpointError(
-            f"{path}: not an LSLo checkpoint (no {CONFIG_KEY} in the model state; was it trained with "
-            "--user-dir fairseq_lslo --arch lslo_*?)"
-        )
-    spec = LSLoSpec.from_tensor(model[CONFIG_KEY])
+    spec = LSLoSpec.from_state(model, path)
     codes = spec.codes
     per_lang = {code: Counter() for code in codes}
     shared, total = Counter(), Counter()

@@ -15,9 +15,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..languages import LSLoConfigError, language_token
-from ..modules.spec import LSLoSpec
-
-CONFIG_BUFFER = "lslo_config"
+from ..modules.spec import CONFIG_KEY, LSLoSpec
 
 
 class TargetLanguages:
@@ -84,7 +82,7 @@ class TargetLanguages:
 def model_spec(model: nn.Module) -> Optional[LSLoSpec]:
     """The LSLo configuration stored in the model (through any DDP wrapper), or None."""
     for name, buf in model.named_buffers():
-        if name == CONFIG_BUFFER or name.endswith("." + CONFIG_BUFFER):
+        if name == CONFIG_KEY or name.endswith("." + CONFIG_KEY):
             return LSLoSpec.from_tensor(buf)
     return None
 

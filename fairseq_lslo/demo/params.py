@@ -43,7 +43,7 @@ def group_counts(ckpt: str) -> Dict[str, Dict[str, int]]:
     of the pruning run; a weight is non-zero when pruning kept it (its mask entry is True).
     """
     state = load_checkpoint(ckpt)["model"]
-    spec = LSLoSpec.from_tensor(state["lslo_config"])
+    spec = LSLoSpec.from_state(state, ckpt)
     groups = [group for _code, group in spec.languages]
     out: Dict[str, Dict[str, int]] = {}
     for name, t in state.items():

@@ -29,11 +29,10 @@ from ..modules.lslo_linear import LSLoLinear, is_lslo_key
 from ..modules.placement import DECODER_POSITIONS, ENCODER_POSITIONS, ROUTES, compact_routing
 from ..modules.pruning import publish_prunable
 from ..modules.routing import BatchLanguages, LanguageResolver, LanguageRouter
-from ..modules.spec import LSLoSpec
+from ..modules.spec import CONFIG_KEY, LSLoSpec
 
 logger = logging.getLogger(__name__)
 
-CONFIG_KEY = "lslo_config"
 
 
 class LSLoTransformerEncoder(TransformerEncoderBase):

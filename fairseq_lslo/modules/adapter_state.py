@@ -15,9 +15,7 @@ import torch
 from torch import Tensor
 
 from .lslo_linear import LowRankBank, is_lslo_key
-from .spec import LSLoSpec
-
-CONFIG_KEY = "lslo_config"
+from .spec import CONFIG_KEY, LSLoSpec
 BANK_KINDS = ("src", "tgt", "shared")
 _BANK_KEY = re.compile(r"^(?P<module>.+)\.lslo_(?P<kind>src|tgt|shared)\.(?P<name>[AB]\d+(?:_mask)?)$")
 _MIX_KEY = re.compile(r"^(?P<module>.+)\.lslo_mix$")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import List
+from typing import List, Mapping
 
 import torch
 
@@ -16,6 +16,8 @@ from .lslo_linear import LowRankBank
 from .placement import default_routing, parse_positions, parse_routing
 
 CONFIG_VERSION = 1
+#: the model buffer (and state-dict key) that holds the configuration
+CONFIG_KEY = "lslo_config"
 
 
 @dataclass
@@ -118,6 +120,16 @@ class LSLoSpec:
     @classmethod
     def from_tensor(cls, t: torch.Tensor) -> "LSLoSpec":
         return cls.from_dict(json.loads(bytes(t.cpu().tolist()).decode("utf-8")))
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, torch.Tensor], where: str) -> "LSLoSpec":
+        """The configuration stored in a model state dict; ``where`` (a path) names it in the error."""
+        if CONFIG_KEY not in state:
+            raise LSLoConfigError(
+                f"{where}: not an LSLo checkpoint (no {CONFIG_KEY} in the model state; was it trained with "
+                "--user-dir fairseq_lslo --arch lslo_*?)"
+            )
+        return cls.from_tensor(state[CONFIG_KEY])
 
     def differences(self, other: "LSLoSpec") -> List[str]:
         """Human-readable list of what differs (empty when equal)."""
