@@ -50,15 +50,20 @@ class CheckpointError(RuntimeError):
     """A file given as a checkpoint cannot be used as one."""
 
 
-def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
-    """Load a fairseq checkpoint (weights_only) with errors that name the file."""
+def load_checkpoint(path: str, map_location="cpu", mmap: bool = False) -> Dict[str, Any]:
+    """Load a fairseq checkpoint (weights_only) with errors that name the file.
+
+    ``mmap``: map the tensors' storage instead of reading it (zip-format files; a legacy-format
+    file is read whole), for callers that only need the stored configuration.
+    """
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
     if os.path.isdir(path):
         raise CheckpointError(f"{path}: is a directory, expected a checkpoint file (e.g. checkpoint_best.pt)")
     allow_fairseq_checkpoints()
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        extra = {"mmap": True} if mmap and zipfile.is_zipfile(path) else {}  # torch >= 2.1
+        state = torch.load(path, map_location=map_location, weights_only=True, **extra)
     except Exception as e:  # torch.load on arbitrary bytes raises anything (IndexError, KeyError, ...)
         raise _unreadable(path, e) from None
     if not isinstance(state, dict) or "model" not in state:

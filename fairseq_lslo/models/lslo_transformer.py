@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import Tensor
@@ -30,6 +30,7 @@ from ..modules.placement import DECODER_POSITIONS, ENCODER_POSITIONS, ROUTES, co
 from ..modules.pruning import publish_prunable
 from ..modules.routing import BatchLanguages, LanguageResolver, LanguageRouter
 from ..modules.spec import CONFIG_KEY, LSLoSpec
+from .base_architecture import inherit_base_architecture
 
 logger = logging.getLogger(__name__)
 
@@ -419,35 +420,40 @@ def fill_args_from_adapters(args, path: str) -> None:
 
 @register_model_architecture("lslo_transformer", "lslo_transformer")
 def lslo_transformer(args):
+    """Any fairseq transformer: with a base checkpoint, every dimension comes from it."""
+    inherit_base_architecture(args)
     lslo_base_architecture(args)
 
 
-def _m2m100(args, dim: int, ffn: int, layers: int, heads: int):
-    """Dimensions of the FLORES-101 M2M-100 checkpoints: pre-norm, shared embeddings."""
-    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", dim)
-    args.encoder_ffn_embed_dim = getattr(args, "encoder_ffn_embed_dim", ffn)
-    args.encoder_layers = getattr(args, "encoder_layers", layers)
-    args.encoder_attention_heads = getattr(args, "encoder_attention_heads", heads)
-    args.encoder_normalize_before = getattr(args, "encoder_normalize_before", True)
-    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", dim)
-    args.decoder_ffn_embed_dim = getattr(args, "decoder_ffn_embed_dim", ffn)
-    args.decoder_layers = getattr(args, "decoder_layers", layers)
-    args.decoder_attention_heads = getattr(args, "decoder_attention_heads", heads)
-    args.decoder_normalize_before = getattr(args, "decoder_normalize_before", True)
-    args.share_all_embeddings = getattr(args, "share_all_embeddings", True)
-    args.share_decoder_input_output_embed = getattr(args, "share_decoder_input_output_embed", True)
-    args.dropout = getattr(args, "dropout", 0.1)
-    args.attention_dropout = getattr(args, "attention_dropout", 0.1)
-    args.max_source_positions = getattr(args, "max_source_positions", 1024)
-    args.max_target_positions = getattr(args, "max_target_positions", 1024)
+def m2m100_values(dim: int, ffn: int, layers: int) -> Dict[str, Any]:
+    """The FLORES-101 M2M-100 checkpoints as their converted configurations describe them:
+    pre-norm, shared embeddings, relu, dropout 0.1, 16 heads.  A base checkpoint's own stored
+    values win over these (``inherit_base_architecture``)."""
+    values: Dict[str, Any] = {}
+    for side in ("encoder", "decoder"):
+        values.update({
+            f"{side}_embed_dim": dim, f"{side}_ffn_embed_dim": ffn, f"{side}_layers": layers,
+            f"{side}_attention_heads": 16, f"{side}_normalize_before": True,
+        })
+    values.update({
+        "share_all_embeddings": True, "share_decoder_input_output_embed": True, "activation_fn": "relu",
+        "dropout": 0.1, "attention_dropout": 0.1, "max_source_positions": 1024, "max_target_positions": 1024,
+    })
+    return values
+
+
+def _m2m100(args, values: Dict[str, Any]) -> None:
+    inherit_base_architecture(args, values)
+    for key, value in values.items():
+        setattr(args, key, getattr(args, key, value))
     lslo_base_architecture(args)
 
 
 @register_model_architecture("lslo_transformer", "lslo_m2m100_615m")
 def lslo_m2m100_615m(args):
-    _m2m100(args, dim=1024, ffn=4096, layers=12, heads=16)
+    _m2m100(args, m2m100_values(dim=1024, ffn=4096, layers=12))
 
 
 @register_model_architecture("lslo_transformer", "lslo_m2m100_175m")
 def lslo_m2m100_175m(args):
-    _m2m100(args, dim=512, ffn=2048, layers=6, heads=8)
+    _m2m100(args, m2m100_values(dim=512, ffn=2048, layers=6))
