@@ -34,7 +34,7 @@ EVAL_DIR=${EVAL_DIR:-$RUN_DIR/eval}
 # --- architecture (must match the checkpoint) --------------------------------------------
 case "$MODEL_SIZE" in
   615M) _L=12 _D=1024 _F=4096 _H=16 ;;
-  175M) _L=6 _D=512 _F=2048 _H=8 ;;
+  175M) _L=6 _D=512 _F=2048 _H=16 ;;
   *) echo "MODEL_SIZE=$MODEL_SIZE: expected 615M or 175M (or set ENCODER_LAYERS, EMBED_DIM, ... yourself)" >&2; _L=12 _D=1024 _F=4096 _H=16 ;;
 esac
 ENCODER_LAYERS=${ENCODER_LAYERS:-$_L}
