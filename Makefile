@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 DEMO ?= default
 DEMO_ARGS ?=
 
-.PHONY: install test demo bench soak clean help flores12 flores30
+.PHONY: install test demo bench soak clean help flores12 flores30 gpu-wheels gpu-check gpu-site
 
 help:
 	@echo "make demo     run the main job on the embedded synthetic benchmark (CPU, minutes; DEMO=tiny|default)"
@@ -21,6 +21,8 @@ help:
 	@echo "make install  create $(VENV) with torch, fairseq and this package (editable)"
 	@echo "make bench    speed/memory benchmarks -> results/bench/bench.json"
 	@echo "make soak     2,000-update CPU run with pruning: NaN and memory check -> results/bench/soak.json"
+	@echo "make gpu-wheels  (here, with network) wheels for make gpu-check -> .whl/"
+	@echo "make gpu-check   (on a CUDA machine, no network needed) the GPU checks, one summary table"
 	@echo "make flores12 FLORES-101 download -> prepare -> train -> evaluate (METHOD=, DRY_RUN=1, SLURM=1; see README)"
 
 install: $(STAMP)
@@ -47,6 +49,26 @@ bench: install
 SOAK_ARGS ?=
 soak: install
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) bench/soak.py $(SOAK_ARGS)
+
+# GPU check (README "GPU check").  gpu-wheels runs here (network, a Python $(GPU_PY_VERSION)):
+# fairseq-fixed built for the GPU machine's Python plus what only fairseq needs, into .whl/.
+# gpu-check runs on the GPU machine with its own python3 (torch with CUDA): it installs .whl/
+# into .gpu-site/ (no index, no network) if fairseq is not importable, then runs the driver.
+GPU_PY_VERSION ?= 3.12
+GPU_PYTHON ?= python3
+GPU_CHECK_ARGS ?=
+GPU_SITE := $(CURDIR)/.gpu-site
+GPU_ENV = PYTHONPATH="$(CURDIR):$(GPU_SITE)$${PYTHONPATH:+:$$PYTHONPATH}" PYTHONUNBUFFERED=1
+gpu-wheels: install
+	GPU_PY_VERSION=$(GPU_PY_VERSION) SDIST_PYTHON=$(PY) bash bench/gpu_wheels.sh .whl
+
+gpu-check:
+	@$(GPU_ENV) $(GPU_PYTHON) -c "import fairseq, hydra, bitarray" 2>/dev/null || $(MAKE) --no-print-directory gpu-site
+	$(GPU_ENV) $(GPU_PYTHON) bench/gpu_check.py --device cuda $(GPU_CHECK_ARGS)
+
+gpu-site:
+	@ls .whl/*.whl >/dev/null 2>&1 || { echo "gpu-check: fairseq is not importable and .whl/ holds no wheels: run 'make gpu-wheels' on a machine with network first" >&2; exit 2; }
+	$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $(GPU_SITE) .whl/*.whl
 
 # FLORES-101 chains: all logic lives in recipes/flores_chain.sh (variables: see the README).
 LSLO_PYTHON ?= $(if $(wildcard $(PY)),$(abspath $(PY)),$(PYTHON))

@@ -31,6 +31,7 @@ from ..modules.pruning import publish_prunable
 from ..modules.routing import BatchLanguages, LanguageResolver, LanguageRouter
 from ..modules.spec import CONFIG_KEY, LSLoSpec
 from .base_architecture import inherit_base_architecture
+from .bf16_device import keep_bf16_off_tpu
 
 logger = logging.getLogger(__name__)
 
@@ -421,6 +422,7 @@ def fill_args_from_adapters(args, path: str) -> None:
 @register_model_architecture("lslo_transformer", "lslo_transformer")
 def lslo_transformer(args):
     """Any fairseq transformer: with a base checkpoint, every dimension comes from it."""
+    keep_bf16_off_tpu(args)
     inherit_base_architecture(args)
     lslo_base_architecture(args)
 
@@ -443,6 +445,7 @@ def m2m100_values(dim: int, ffn: int, layers: int) -> Dict[str, Any]:
 
 
 def _m2m100(args, values: Dict[str, Any]) -> None:
+    keep_bf16_off_tpu(args)
     inherit_base_architecture(args, values)
     for key, value in values.items():
         setattr(args, key, getattr(args, key, value))
