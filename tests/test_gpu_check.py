@@ -37,7 +37,10 @@ def test_train_check_passes_on_cpu_and_reports(passing, capsys):
     assert "pruned weights are 0" in rows["train/bf16/learn"]["detail"]
     saved = load_checkpoint(str(work / "train-bf16-learn" / "checkpoint_last.pt"))
     assert saved["cfg"]["common"]["bf16"] and not saved["cfg"]["common"]["tpu"]
-    assert saved["model"]["encoder.layers.0.fc1.weight"].dtype == torch.bfloat16
+    weight = saved["model"]["encoder.layers.0.fc1.weight"]  # fairseq saves fp32; the values went through bf16
+    assert torch.equal(weight.to(torch.bfloat16).float(), weight.float())
+    base = load_checkpoint(str(work / "base.pt"))["model"]["encoder.layers.0.fc1.weight"]
+    assert not torch.equal(base.to(torch.bfloat16).float(), base)
 
 
 def test_a_pruned_weight_that_is_not_zero_is_found(passing, tmp_path):

@@ -44,12 +44,13 @@ RUN_CHOICES: FrozenSet[str] = frozenset({
     "base_shuffle", "export", "encoder_xformers_att_config", "decoder_xformers_att_config",
     "encoder_embed_path", "decoder_embed_path",
 })
-# Hyper-parameters that change what the weights compute but no tensor shape: a mismatch would
-# load silently.  (Used to word the error; every other mismatch is an error too.)
+# Hyper-parameters that change what the weights compute but no tensor shape or key: a mismatch
+# would load silently.  (Used to word the error; every other mismatch is an error too, though
+# fairseq's strict loading would also catch it: pre-norm adds a final layer norm, learned
+# positions a table, ...)
 SHAPE_NEUTRAL: FrozenSet[str] = frozenset({
-    "encoder_attention_heads", "decoder_attention_heads", "encoder_normalize_before",
-    "decoder_normalize_before", "activation_fn", "no_scale_embedding", "cross_self_attention",
-    "encoder_learned_pos", "decoder_learned_pos", "no_token_positional_embeddings",
+    "encoder_attention_heads", "decoder_attention_heads", "activation_fn", "no_scale_embedding",
+    "cross_self_attention", "encoder_layers_to_keep", "decoder_layers_to_keep",
 })
 # Length limits: they matter to the weights only with learned positional embeddings (the
 # table's size); with sinusoidal ones a given value that differs is just a length limit.
@@ -227,7 +228,7 @@ def given_conflicts(args, base: Mapping[str, Any]) -> List[str]:
         if not hasattr(args, key) or key not in base or same(getattr(args, key), base[key]):
             continue
         why = ("it changes no tensor shape, so the weights would load and compute something else"
-               if key in SHAPE_NEUTRAL else "the checkpoint's weights would not fit")
+               if key in SHAPE_NEUTRAL else "the model would not match the checkpoint's weights")
         out.append(f"{flag(key)}: command line {getattr(args, key)!r}, checkpoint {base[key]!r} ({why})")
     return out
 
