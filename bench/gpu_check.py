@@ -82,6 +82,7 @@ def train_command(setup: Dict[str, str], save_dir: str, route: str, precision: s
                   max_update: int, extra: Sequence[str] = ()) -> List[str]:
     """fairseq-train of an LSLo model (architecture from the base checkpoint) with pruning."""
     criterion = "lslo_label_smoothed_cross_entropy" if route == "learn" else "label_smoothed_cross_entropy"
+    sparsity = "high:0.8,low:0.5" + (",shared:0.8" if route == "shared" else "")  # shared layers: their own unit
     cmd = [sys.executable, "-m", "fairseq_cli.train", setup["data"], "--user-dir", os.path.join(ROOT, "fairseq_lslo"),
            "--task", "translation_multi_simple_epoch", "--lang-pairs", ",".join(LANG_PAIRS),
            "--encoder-langtok", "src", "--decoder-langtok", "--arch", "lslo_transformer",
@@ -89,7 +90,7 @@ def train_command(setup: Dict[str, str], save_dir: str, route: str, precision: s
            "--lslo-langs", "en:high,fr:high,de:low", "--lslo-rank", "high:2,low:4",
            "--lslo-encoder-positions", "all", "--lslo-decoder-positions", "all",
            "--lslo-encoder-routing", f"{route}*2", "--lslo-decoder-routing", f"{route}*2",
-           "--optimizer", "lslo_pruning", "--lr", "0.01", "--lslo-sparsity", "high:0.8,low:0.5",
+           "--optimizer", "lslo_pruning", "--lr", "0.01", "--lslo-sparsity", sparsity,
            "--lslo-prune-start", "1", "--lslo-prune-end", "5", "--lslo-prune-interval", "2",
            "--criterion", criterion, "--label-smoothing", "0.1", "--max-tokens", "300",
            "--max-update", str(max_update), "--seed", "1", "--num-workers", "0", "--log-format", "json",
