@@ -152,8 +152,19 @@ def check_pruned_checkpoint(path: str, max_update: int) -> Optional[str]:
     return None
 
 
+DEADLINE = [float("inf")]  # time.time() by which every check must have ended (--budget)
+
+
+def within_budget(timeout: float) -> float:
+    """A subprocess timeout that also respects the whole run's --budget."""
+    left = DEADLINE[0] - time.time()
+    if left <= 0:
+        raise TimeoutError("the --budget of the whole check ran out before this step")
+    return min(timeout, left)
+
+
 def run_logged(cmd: List[str], env: Dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=within_budget(timeout))
 
 
 def tail(text: str, n: int = 3) -> str:
@@ -190,7 +201,7 @@ def check_train(setup, work: str, route: str, precision: str, device: str, extra
 def train_until_killed(cmd: List[str], env: Dict[str, str], at_update: int, timeout: float) -> Optional[str]:
     """Start a run and SIGKILL it once it logs update ``at_update``; None, or what went wrong."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
-    deadline, seen = time.time() + timeout, []
+    deadline, seen = time.time() + within_budget(timeout), []
     for line in proc.stdout:
         seen.append(line)
         match = re.search(r'"num_updates": "?(\d+)', line)
@@ -295,6 +306,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--quick", action="store_true", help="the bench's --quick")
     p.add_argument("--jobs", type=int, default=None, help="train runs at once (default: 6 on cuda, 1 on cpu)")
     p.add_argument("--timeout", type=float, default=240, help="seconds per subprocess (default: 240)")
+    p.add_argument("--budget", type=float, default=None, help="seconds for everything; a step still running "
+                                                              "then fails (default: 330 on cuda, none on cpu)")
     p.add_argument("--extra-train-args", default="", help="appended to every fairseq-train command")
     p.add_argument("--out", default=os.path.join(ROOT, "results", "bench", "gpu-check.json"))
     p.add_argument("--work", default=None, help="scratch folder (default: a new temporary one)")
@@ -314,6 +327,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     routes = [r for r in args.routes.split(",") if r]
     extra = args.extra_train_args.split()
     jobs = args.jobs or (6 if device == "cuda" else 1)
+    budget = args.budget if args.budget is not None else (330 if device == "cuda" else None)
+    if budget:
+        DEADLINE[0] = time.time() + budget
 
     import torch
 
