@@ -221,3 +221,90 @@ def test_criterion_alone_names_the_flag_for_a_plain_transformer(tmp_path):
     model = task.build_model(args)
     with pytest.raises(LSLoConfigError, match="add --decoder-langtok"):
         TargetLanguages.from_task_and_model(task, model)
+
+
+# --- generation ------------------------------------------------------------------------------
+def randomize_adapters(model, seed: int = 2) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+
+def record_decoder_step0(model):
+    """Wrap the decoder (SequenceGenerator calls its ``forward`` directly, past any hook): its input
+    and the target languages its LSLo modules were routed by, at its first call."""
+    seen, forward = [], model.decoder.forward
+
+    def recording(prev_output_tokens, *args, **kwargs):
+        out = forward(prev_output_tokens, *args, **kwargs)
+        if not seen:
+            langs = model.encoder.lslo_router.languages
+            tgt = langs.tgt.tolist() if langs.tgt is not None else [langs.tgt_uniform] * prev_output_tokens.size(0)
+            seen.append((prev_output_tokens.clone(), [model.lslo_spec.codes[i] for i in tgt]))
+        return out
+
+    model.decoder.forward = recording
+    return seen
+
+
+def generation_args(data, flags, pairs=ALL_PAIRS, direction=None):
+    argv = [data, "--task", "translation_multi_simple_epoch", "--lang-pairs", ",".join(pairs), "--path", "unused",
+            "--beam", "2", "--max-len-b", "5", "--cpu", *flags]
+    if direction:
+        argv += ["-s", direction[0], "-t", direction[1]]
+    return options.parse_args_and_arch(options.get_generation_parser(), argv)
+
+
+def scores_match_training_forward(model, task, sample, hypos, bos: int) -> None:
+    """Each hypothesis' per-token log-probs equal the training forward's (position 0 included)."""
+    src = sample["net_input"]["src_tokens"]
+    for row, hyps in enumerate(hypos):
+        tokens = hyps[0]["tokens"]
+        prev = torch.cat([torch.tensor([bos]), tokens[:-1]]).unsqueeze(0)
+        one = src[row: row + 1]
+        one = one[:, one[0].ne(task.source_dictionary.pad())]
+        with torch.no_grad():
+            lprobs = model.get_normalized_probs(model(one, torch.tensor([one.size(1)]), prev), log_probs=True)[0]
+        expected = lprobs.gather(1, tokens.unsqueeze(1)).squeeze(1)
+        torch.testing.assert_close(hyps[0]["positional_scores"], expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("replacing", [False, True], ids=["prefix-token", "replacing-bos-eos"])
+def test_generation_routes_step_zero_to_the_target_language(tmp_path, replacing):
+    """fairseq-generate's path (task.inference_step): with --lang-tok-replacing-bos-eos the decoder's
+    step-0 input is the target language token (bos_token), else ``</s>`` with the token forced as
+    prefix; either way step 0 is routed to the target language, exactly as in training."""
+    data = write_data(str(tmp_path))
+    flags = LANGTOK + (["--lang-tok-replacing-bos-eos"] if replacing else [])
+    _, task, model = setup(data, flags, extra=["-s", "en", "-t", "fr"])
+    randomize_adapters(model)
+    sample = batches(task, "test")[0]
+    assert true_languages(task, sample) == (["en"] * sample["nsentences"], ["fr"] * sample["nsentences"])
+    generator = task.build_generator([model], generation_args(data, flags, direction=("en", "fr")))
+    seen = record_decoder_step0(model)
+    hypos = task.inference_step(generator, [model], sample)
+    step0, routed = seen[0]
+    fr, eos = task.target_dictionary.index("__fr__"), task.target_dictionary.eos()
+    assert step0.size(1) == 1 and step0.eq(fr if replacing else eos).all()
+    assert routed == ["fr"] * step0.size(0)
+    scores_match_training_forward(model, task, sample, hypos, bos=fr if replacing else eos)
+
+
+def test_generation_of_mixed_directions_with_encoder_langtok_tgt(tmp_path):
+    """--encoder-langtok tgt: the source names each sample's target language, so a mixed batch is
+    routed per sample in generation without -t or lslo_tgt_lang."""
+    data = write_data(str(tmp_path))
+    flags = ["--encoder-langtok", "tgt", "--lang-tok-replacing-bos-eos"]
+    _, task, model = setup(data, flags, routing=("tgt*2", "tgt*2"))
+    randomize_adapters(model)
+    sample = batches(task, "valid")[0]
+    _, tgt = true_languages(task, sample)
+    assert len(set(tgt)) > 1
+    generator = task.build_generator([model], generation_args(data, flags))
+    seen = record_decoder_step0(model)
+    hypos = generator.generate([model], sample)  # no decoder langtok: bos is </s>
+    _, routed = seen[0]
+    assert routed == [t for t in tgt for _ in range(2)]  # beam 2: each sample's rows together
+    scores_match_training_forward(model, task, sample, hypos, bos=task.target_dictionary.eos())
