@@ -318,16 +318,18 @@ def build_resolver(spec: LSLoSpec, task) -> LanguageResolver:
 
 
 def check_training_data(task) -> None:
-    """In fairseq-train, fail before the first update if a data file is missing or truncated."""
+    """In fairseq-train, fail before the first update if a data file is missing, truncated or in another
+    format than ``--dataset-impl`` (every impl fairseq offers: see data_check.py)."""
     targs = getattr(task, "args", None)
     pairs = getattr(task, "lang_pairs", None)
     if not getattr(task, "training", False) or not pairs or not getattr(targs, "data", None):
         return
     dirs = targs.data.split(":")
-    check_binarized(dirs, [targs.train_subset], pairs)
+    impl = getattr(targs, "dataset_impl", None)
+    check_binarized(dirs, [targs.train_subset], pairs, impl)
     valid = [s for s in str(getattr(targs, "valid_subset", "")).split(",") if s]
     if valid and not getattr(targs, "disable_validation", False):
-        check_binarized(dirs[:1], valid, pairs)
+        check_binarized(dirs[:1], valid, pairs, impl)
 
 
 def log_parameter_counts(model: LSLoTransformerModel) -> None:
