@@ -16,7 +16,7 @@ from fairseq_lslo.criterions.target_languages import TargetLanguages
 
 LANGS = ("en", "fr", "de")
 ALL_PAIRS = ("en-fr", "fr-en", "en-de", "de-en", "fr-de", "de-fr")
-INVENTORY = ["--lslo-langs", "de:low,en:high,fr:high", "--lslo-rank", "high:2,low:3"]  # order != fairseq's
+INVENTORY = ["--lslo-langs", "fr:high,de:low,en:high", "--lslo-rank", "high:2,low:3"]  # not fairseq's (sorted) order
 DIMS = ["--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
         "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32", "--encoder-attention-heads", "2",
         "--decoder-attention-heads", "2", "--dropout", "0.0"]

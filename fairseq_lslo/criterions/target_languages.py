@@ -51,7 +51,10 @@ class TargetLanguages:
         given = net_input.get("lslo_tgt_lang")
         if given is not None:
             return given.to(net_input["prev_output_tokens"].device)
-        ids = self.tokens.target(net_input["src_tokens"], net_input["prev_output_tokens"])
+        src_tokens = net_input["src_tokens"]
+        if self.tokens.tgt_table.device != src_tokens.device:
+            self.tokens.to(src_tokens.device)  # once: the tables then stay on the batch's device
+        ids = self.tokens.target(src_tokens, net_input["prev_output_tokens"])
         if ids is None:
             raise LSLoConfigError(f"{WHO}: the batch's target languages cannot be read; add --decoder-langtok")
         if bool((ids < 0).any()):
