@@ -42,22 +42,26 @@ def sentence(lang: str, n: int, k: int) -> List[str]:
 
 
 def write_data(root: str, pairs: Sequence[str] = ALL_PAIRS, separate: bool = False, impl: str = "mmap",
-               counts: Optional[Dict[str, int]] = None) -> str:
-    """train/valid/test data per direction, in any ``--dataset-impl`` fairseq writes (``raw``: text),
-    with shared per-language dictionaries, or a source and a target dictionary whose ids differ
-    (``--source-dict``/``--target-dict``)."""
+               counts: Optional[Dict[str, int]] = None, fillers: Optional[Dict[str, int]] = None) -> str:
+    """train/valid/test data per direction, in any ``--dataset-impl`` fairseq writes (``raw``: text).
+
+    Each side is binarized with the dictionary fairseq reads it with: ``dict.{lang}.txt`` (whose ids
+    ``fillers`` can shift per language), or with ``separate`` a source and a target dictionary
+    whose ids differ (``--source-dict``/``--target-dict``).
+    """
     os.makedirs(root, exist_ok=True)
     if separate:
         write_dict(os.path.join(root, "src_dict.txt"))
         write_dict(os.path.join(root, "tgt_dict.txt"), fillers=1)
     for lang in LANGS:
-        write_dict(os.path.join(root, f"dict.{lang}.txt"))
-    src_dict = Dictionary.load(os.path.join(root, "src_dict.txt" if separate else "dict.en.txt"))
-    tgt_dict = Dictionary.load(os.path.join(root, "tgt_dict.txt" if separate else "dict.en.txt"))
+        write_dict(os.path.join(root, f"dict.{lang}.txt"), fillers=(fillers or {}).get(lang, 0))
+    dicts = {name: Dictionary.load(os.path.join(root, name))
+             for name in ["src_dict.txt", "tgt_dict.txt"] * separate + [f"dict.{lang}.txt" for lang in LANGS]}
     for split, count in (counts or {"train": 8, "valid": 4, "test": 3}).items():
         for pair in pairs:
             src, tgt = pair.split("-")
-            for lang, d in ((src, src_dict), (tgt, tgt_dict)):
+            for lang, dict_file in ((src, "src_dict.txt"), (tgt, "tgt_dict.txt")):
+                d = dicts[dict_file if separate else f"dict.{lang}.txt"]
                 lines = [sentence(lang, 1 + (k * 3 + len(pair) + (lang == tgt)) % 5, k) for k in range(count)]
                 write_dataset(os.path.join(root, f"{split}.{pair}.{lang}"), lines, d, impl)
     return root
@@ -86,14 +90,14 @@ def write_dataset(prefix: str, lines: List[List[str]], d: Dictionary, impl: str)
 
 
 def setup(data: str, flags: Sequence[str], pairs: Sequence[str] = ALL_PAIRS, routing=("src,tgt", "tgt*2"),
-          separate: bool = False, extra: Sequence[str] = ()):
+          separate: bool = False, extra: Sequence[str] = (), share: bool = True):
     argv = [data, "--task", "translation_multi_simple_epoch", "--lang-pairs", ",".join(pairs),
             "--arch", "lslo_transformer", "--cpu", "--seed", "1", *DIMS, *INVENTORY,
             "--lslo-encoder-routing", routing[0], "--lslo-decoder-routing", routing[1],
             "--criterion", "lslo_label_smoothed_cross_entropy", *flags, *extra]
     if separate:
         argv += ["--source-dict", os.path.join(data, "src_dict.txt"), "--target-dict", os.path.join(data, "tgt_dict.txt")]
-    else:
+    elif share:
         argv += ["--share-all-embeddings"]
     args = options.parse_args_and_arch(options.get_training_parser(), argv)
     task = tasks.setup_task(args)

@@ -48,6 +48,18 @@ def test_separate_source_and_target_dictionaries(tmp_path, replacing):
     check_all_batches(task, model)
 
 
+def test_per_language_dictionaries_of_a_one_to_many_task(tmp_path):
+    """Without --source-dict/--target-dict fairseq loads dict.{lang}.txt per language and only asks
+    all source languages to share one and all target languages another: en-fr,en-de may have an
+    English dictionary that differs from the French/German one."""
+    pairs = ("en-fr", "en-de")
+    data = write_data(str(tmp_path), pairs=pairs, fillers={"fr": 1, "de": 1})
+    _, task, model = setup(data, LANGTOK, pairs=pairs, share=False)
+    src_d, tgt_d = task.source_dictionary, task.target_dictionary
+    assert tgt_d.index("__fr__") == src_d.index("__fr__") + 1
+    check_all_batches(task, model)
+
+
 @pytest.mark.parametrize("decoder_langtok", [False, True], ids=["encoder-only", "with-decoder-langtok"])
 def test_encoder_langtok_tgt_reads_the_target_language_from_the_source_side(tmp_path, decoder_langtok):
     """--encoder-langtok tgt: the source carries the *target* language token."""
