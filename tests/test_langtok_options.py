@@ -190,3 +190,19 @@ def test_generation_of_mixed_directions_with_encoder_langtok_tgt(tmp_path):
     _, routed = seen[0]
     assert routed == [t for t in tgt for _ in range(2)]  # beam 2: each sample's rows together
     scores_match_training_forward(model, task, sample, hypos, bos=task.target_dictionary.eos())
+
+
+def test_a_batch_without_the_token_where_it_is_read_names_the_place(tmp_path):
+    """Batches made with prepended tokens, given to a model built for --lang-tok-replacing-bos-eos:
+    the error says which sample, which side and where the token was looked for."""
+    data = write_data(str(tmp_path))
+    _, prepended, _ = setup(data, LANGTOK)
+    _, replacing, model = setup(data, LANGTOK + ["--lang-tok-replacing-bos-eos"])
+    sample = batches(prepended, "valid")[0]
+    with pytest.raises(RuntimeError, match=r"sample 0 of the batch has no source language token of --lslo-langs "
+                                           r"\(fr,de,en\) at the last token of the source \(.*--encoder-langtok src "
+                                           r"--decoder-langtok --lang-tok-replacing-bos-eos\)"):
+        model(**sample["net_input"])
+    with pytest.raises(RuntimeError, match=r"sample 0 of the batch has no target language token at the first token "
+                                           r"of prev_output_tokens"):
+        TargetLanguages.from_task_and_model(replacing, model).ids(sample)
