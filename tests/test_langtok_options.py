@@ -206,3 +206,14 @@ def test_a_batch_without_the_token_where_it_is_read_names_the_place(tmp_path):
     with pytest.raises(RuntimeError, match=r"sample 0 of the batch has no target language token at the first token "
                                            r"of prev_output_tokens"):
         TargetLanguages.from_task_and_model(replacing, model).ids(sample)
+
+
+def test_extra_data_with_other_language_tokens_is_refused(tmp_path):
+    """--extra-data categories may use other tokens (--langtoks, e.g. __en_mined__): LSLo reads one kind."""
+    data = write_data(str(tmp_path))
+    mined = ["--extra-data", f"{{'mined': '{data}'}}", "--extra-lang-pairs", "{'mined': 'en-fr'}"]
+    setup(data, LANGTOK, extra=mined + ["--langtoks", "{'mined': ('src', 'tgt')}"])  # the main data's tokens: fine
+    with pytest.raises(LSLoConfigError, match=r"--extra-data category 'mined' has language tokens \('src.mined', "
+                                              r"'tgt'\).*give 'mined' the main data's entry in --langtoks"):
+        setup(data, LANGTOK, extra=mined + ["--langtoks", "{'mined': ('src.mined', 'tgt')}",
+                                            "--langtoks-specs", "main,mined"])
