@@ -191,8 +191,8 @@ class LanguageTokens(nn.Module):
         targs = getattr(task, "args", None)
         pairs = task_directions(task)
         fixed = []
-        for side in (0, 1):
-            code = shared_language(pairs, side)
+        for side, flag in ((0, "source_lang"), (1, "target_lang")):  # -s/-t, else what all directions share
+            code = getattr(targs, flag, None) or shared_language(pairs, side)
             fixed.append(codes.index(code) if code in codes else None)
         return cls(codes, TokenLayout.from_task_args(targs), task.source_dictionary, task.target_dictionary,
                    fixed[0], fixed[1])
