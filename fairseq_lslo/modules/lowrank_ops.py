@@ -192,17 +192,16 @@ def _own_rank(stack: Tensor, row_ranks: Sequence[int]) -> List[Tensor]:
 
 
 def _routed_update(out: Tensor, x: Tensor, A: Tensor, Bt: Tensor, scale: Tensor, rows: Optional[Tensor],
-                   row_ranks: Sequence[int]) -> Tuple[List[Tensor], Optional[List[Tensor]], Precision]:
+                   row_ranks: Sequence[int], prec: Precision) -> Tuple[List[Tensor], Optional[List[Tensor]]]:
     """``out += scale * (x A^T) Bt`` per sample, in place; returns what the backward needs.
 
     ``rows is None``: one pair for all positions (``A``: 1 x r x d_in, ``x``: ... x d_in).
     Otherwise ``x``/``out`` are time-major (T x N x d) and sample ``b`` uses row ``rows[b]``
-    of the stacks, whose own rank is ``row_ranks[rows[b]]``.  Everything is computed in the
-    compute dtype of :func:`precision`, which ``out`` must have (under autocast the factors
-    stay fp32 and are cast here).  Returns (tensors to save, the per-sample ``h^T`` list or
-    None, the precision used).
+    of the stacks, whose own rank is ``row_ranks[rows[b]]``.  Everything is computed in
+    ``prec.compute`` (the caller's :func:`precision` of ``x``), which ``out`` must have (under
+    autocast the factors stay fp32 and are cast here).  Returns (tensors to save, the
+    per-sample ``h^T`` list or None).
     """
-    prec = precision(x)
     dtype = prec.compute
     if out.dtype != dtype:
         raise TypeError(f"the LSLo update is computed in {dtype} (lowrank_ops.precision of the input) but the "
@@ -217,7 +216,7 @@ def _routed_update(out: Tensor, x: Tensor, A: Tensor, Bt: Tensor, scale: Tensor,
             h_t = torch.mm(As[k], xs[b].t())  # before scaling
             outs[b].addmm_(h_t.t(), Bts[k], alpha=s)
             hs.append(h_t)
-        return [x, A, Bt, scale], hs, prec
+        return [x, A, Bt, scale], hs
     if rows is None:
         A_s, Bt_s = A, Bt
         x_b, out_b = x.reshape(1, -1, x.size(-1)), out.view(1, -1, out.size(-1))
@@ -226,13 +225,13 @@ def _routed_update(out: Tensor, x: Tensor, A: Tensor, Bt: Tensor, scale: Tensor,
         x_b, out_b = x.transpose(0, 1), out.transpose(0, 1)
     h = torch.bmm(x_b, A_s.transpose(1, 2))  # N x T x r, before scaling
     out_b.baddbmm_(h * scale[:, None, None], Bt_s)
-    return [x, A_s, Bt_s, scale, h], None, prec
+    return [x, A_s, Bt_s, scale, h], None
 
 
 def low_rank_add_(out: Tensor, x: Tensor, A: Tensor, Bt: Tensor, scale: Tensor, rows: Optional[Tensor],
                   row_ranks: Sequence[int]) -> Tensor:
     """:class:`LowRankAdd` without autograd bookkeeping (inference)."""
-    _routed_update(out, x, A, Bt, scale, rows, row_ranks)
+    _routed_update(out, x, A, Bt, scale, rows, row_ranks, precision(x))
     return out
 
 
@@ -352,7 +351,8 @@ class LowRankAdd(torch.autograd.Function):
     @staticmethod
     def forward(ctx, out: Tensor, x: Tensor, A: Tensor, Bt: Tensor, scale: Tensor, rows: Optional[Tensor],
                 row_ranks: Sequence[int]):
-        saved, hs, prec = _routed_update(out, x, A, Bt, scale, rows, row_ranks)
+        prec = precision(x)
+        saved, hs = _routed_update(out, x, A, Bt, scale, rows, row_ranks, prec)
         ctx.mark_dirty(out)
         _save(ctx, saved, hs, prec, A.dtype, rows, row_ranks, A.size(0), ctx.needs_input_grad[2:4])
         return out
@@ -378,11 +378,12 @@ class LinearLowRank(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], A: Tensor, Bt: Tensor, scale: Tensor,
                 rows: Optional[Tensor], row_ranks: Sequence[int]):
-        dtype = precision(x).compute
+        prec = precision(x)
+        dtype = prec.compute
         x, weight, bias = x.to(dtype), weight.to(dtype), _to(bias, dtype)  # no-ops when already there
         x2 = x.reshape(-1, x.size(-1))
         out = torch.addmm(bias, x2, weight.t()) if bias is not None else torch.mm(x2, weight.t())
-        saved, hs, prec = _routed_update(out, x, A, Bt, scale, rows, row_ranks)
+        saved, hs = _routed_update(out, x, A, Bt, scale, rows, row_ranks, prec)
         _save(ctx, saved, hs, prec, A.dtype, rows, row_ranks, A.size(0), ctx.needs_input_grad[3:5], weight)
         # the 2-D result itself, not a view of it: callers (fairseq's attention: q *= scaling)
         # modify it in place, which autograd forbids on a view made inside a custom Function

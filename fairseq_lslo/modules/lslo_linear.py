@@ -242,8 +242,8 @@ class LSLoLinear(nn.Linear):
         if self.merged is not None:
             self._check_merged_routing()
             return out
-        if self.route == "learn":  # both deltas and the mix in the low-rank ops' compute dtype (= out's)
-            w = self.mix_weights().to(out.dtype)
+        if self.route == "learn":  # the mix, like both deltas, in the low-rank ops' compute dtype (= out's)
+            w = self.mix_weights().to(precision(x).compute)
             d_src = self.lslo_src.delta(x, *self.router.lookup("src"))
             d_tgt = self.lslo_tgt.delta(x, *self.router.lookup("tgt"))
             return out + w[0] * d_src + w[1] * d_tgt
