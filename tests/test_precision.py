@@ -145,6 +145,14 @@ def test_precision_is_the_one_rule():
             assert precision(x64) == Precision(torch.float64, torch.float64)  # autocast leaves fp64 alone
 
 
+def test_an_output_in_another_dtype_is_a_clear_error():
+    """add_delta writes in place, so its output must already be in the compute dtype."""
+    bank = LowRankBank(D_IN, D_OUT, RANKS, 1.0).to(DEV)
+    x = torch.randn(T, N, D_IN, device=DEV)
+    with torch.autocast(DEV.type, dtype=torch.bfloat16), pytest.raises(TypeError, match="computed in torch.bfloat16"):
+        bank.add_delta(torch.zeros(T, N, D_OUT, device=DEV), x, None, 0)
+
+
 @pytest.mark.parametrize("dtype", AUTOCAST, ids=str)
 @pytest.mark.parametrize("batch", ["one", "mixed"])
 @pytest.mark.parametrize("route", ROUTES)
