@@ -271,7 +271,8 @@ MODEL_LOSS_TOL = 2e-3
 MODEL_GRAD_TOL = 0.10
 
 
-def model_step(task, model, batch: str, autocast: Optional[torch.dtype] = None) -> Tuple[float, Dict[str, torch.Tensor]]:
+def model_step(task, model, batch: str,
+               autocast: Optional[torch.dtype] = None) -> Tuple[float, Dict[str, torch.Tensor]]:
     from conftest import make_batch
 
     directions, seed = BATCHES[batch]
@@ -281,7 +282,8 @@ def model_step(task, model, batch: str, autocast: Optional[torch.dtype] = None) 
     with torch.autocast(DEV.type, dtype=autocast) if autocast else nullcontext():
         logits = model(**net_input)[0]
     pad = task.source_dictionary.pad()
-    loss = nn.functional.cross_entropy(logits.float().transpose(1, 2), target.to(DEV), ignore_index=pad, reduction="sum")
+    loss = nn.functional.cross_entropy(logits.float().transpose(1, 2), target.to(DEV), ignore_index=pad,
+                                       reduction="sum")
     loss.backward()
     return float(loss), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
