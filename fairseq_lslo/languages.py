@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Dict, Iterable, List, Sequence, Tuple, TypeVar
 
 T = TypeVar("T")
 
@@ -152,36 +152,5 @@ def parse_ranks(spec, inventory: LanguageInventory) -> List[int]:
     return [by_group[lang.group] for lang in inventory.languages]
 
 
-def language_token(code: str, style: str = "multilingual") -> str:
-    """The dictionary symbol fairseq's multilingual tasks use for a language."""
-    if style == "multilingual":
-        return f"__{code}__"
-    if style == "mbart":
-        return f"[{code}]"
-    raise LSLoConfigError(f"--lang-tok-style: unknown style {style!r} (expected multilingual or mbart)")
-
-
-def language_token_ids(inventory: LanguageInventory, dictionary, style: str = "multilingual") -> List[int]:
-    """Dictionary ids of every inventory language's token; an error names a missing one."""
-    ids = []
-    for code in inventory.codes:
-        symbol = language_token(code, style)
-        idx = dictionary.index(symbol)
-        if idx == dictionary.unk():
-            raise LSLoConfigError(
-                f"language {code!r} of --lslo-langs has no token {symbol} in the dictionary; "
-                f"list it in --langs (or the task's language list) so fairseq adds it"
-            )
-        ids.append(idx)
-    return ids
-
-
 def dumps_config(config: dict) -> str:
     return json.dumps(config, sort_keys=True, separators=(",", ":"))
-
-
-def optional_index(inventory: LanguageInventory, code: Optional[str]) -> Optional[int]:
-    """Inventory index of ``code``, or None when no code is given or it is unknown."""
-    if code is None or code not in inventory:
-        return None
-    return inventory.index(code)

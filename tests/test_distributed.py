@@ -1,8 +1,11 @@
-"""Two CPU processes (gloo) with languages absent on one rank: no hang, same step as one process.
+"""Two CPU processes (gloo), a one-language batch on one rank and a mixed batch on the other:
+no hang, the same averaged gradients and the same next weights (one Adam step) as one process
+on the union batch, with PyTorch DDP (c10d) and fairseq's legacy DDP (no_c10d).
 
-Every LSLo parameter takes part in every forward pass (absent languages get exact zero
-gradients through the batched gather), so PyTorch DDP needs no find_unused_parameters and
-fairseq's legacy (no_c10d) DDP works as well.
+Every LSLo parameter takes part in every forward pass and gets a gradient tensor on every batch
+(exact zeros for languages and rank buckets the batch does not use, one-language batches
+included), so PyTorch DDP needs no find_unused_parameters, and no backend or optimizer sees a
+None that another would treat differently.
 """
 import os
 import socket
@@ -15,11 +18,19 @@ import torch
 from conftest import LSLO_FLAGS, ROOT, build, make_batch, randomize_adapters
 
 FLAGS = ["--lslo-encoder-routing", "src,tgt", "--lslo-encoder-positions", "fc1,q", "--lslo-decoder-positions", "fc2,cross_v"]
-# rank 0: only en and fr; rank 1: de appears (as source and as target)
+# rank 0: one language pair (en-fr only: de's rank-4 bucket and the other slots unused);
+# rank 1: mixed directions, de as source and as target.  Ranks: en, fr 2; de 4.
 SHARDS = [
-    (["en-fr", "fr-en"], [3, 5], [4, 2], 1),
+    (["en-fr", "en-fr"], [3, 5], [4, 2], 1),
     (["de-en", "fr-de", "en-de"], [4, 2, 6], [3, 5, 2], 2),
 ]
+
+
+def adam(params):
+    """fairseq's Adam (the recipe's optimizer): it skips parameters whose gradient is None."""
+    from fairseq.optim.adam import Adam
+
+    return Adam(list(params), lr=1e-3, betas=(0.9, 0.98))
 
 
 def sum_loss(logits, target, pad):
@@ -48,6 +59,12 @@ def test_two_ranks_equal_one_process_on_the_union_batch(dict_dir, tmp_path):
             pytest.fail("distributed step hung")
         assert p.returncode == 0, output[-3000:]
     ranks = [torch.load(o) for o in outs]
+    backends = ["pytorch_ddp", "legacy_ddp"]
+    for b in backends:  # rank 0's batch really is one language pair, rank 1's mixed
+        assert ranks[0][b]["uniform"][0] is not None and ranks[0][b]["uniform"][1] is not None
+        assert ranks[1][b]["uniform"] == (None, None)
+        for r in range(2):
+            assert ranks[r][b]["none_local"] == [], f"{b} rank {r}: None gradients {ranks[r][b]['none_local']}"
 
     # one process, union batch; DDP averages gradients over the 2 ranks, hence the / 2
     task, model = build(dict_dir, "lslo_transformer", LSLO_FLAGS + FLAGS)
@@ -60,7 +77,6 @@ def test_two_ranks_equal_one_process_on_the_union_batch(dict_dir, tmp_path):
     (loss / 2).backward()
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     checked_absent = False
-    backends = ["pytorch_ddp", "legacy_ddp"]
     for name, p in params.items():
         for r in range(2):
             for b in backends:
@@ -68,7 +84,7 @@ def test_two_ranks_equal_one_process_on_the_union_batch(dict_dir, tmp_path):
         if name.endswith("lslo_tgt.A4"):  # de's slot: absent on rank 0, yet its averaged grad is shared
             checked_absent = checked_absent or bool(p.grad.abs().sum() > 0)
     assert checked_absent and "de" not in {d.split("-")[1] for d in SHARDS[0][0]}
-    torch.optim.SGD(list(params.values()), lr=0.1).step()
+    adam(params.values()).step()
     for name, p in params.items():
         for r in range(2):
             for b in backends:

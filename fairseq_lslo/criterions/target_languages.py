@@ -1,10 +1,10 @@
 """Each training sample's target language, for per-language loss reporting.
 
-The language is read from the sample's tokens, by the same rule the LSLo model routes by
-(the language token at the head of ``prev_output_tokens``, put there by
-``--decoder-langtok``), so it works for a plain transformer too.  Languages and resource
-groups come from the model's ``lslo_config`` buffer when there is one, else from the task
-(``--langs`` / ``--lang-pairs``; no groups then).
+The language is read by :class:`~fairseq_lslo.langtok.LanguageTokens`, the same reader the
+LSLo model routes by (target-side tokens in the target dictionary, at the position fairseq's
+langtok options put them), so the metrics and the routing cannot disagree; it works for a plain
+transformer too.  Languages and resource groups come from the model's ``lslo_config`` buffer
+when there is one, else from the task (``--langs`` / ``--lang-pairs``; no groups then).
 """
 from __future__ import annotations
 
@@ -14,20 +14,21 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..languages import LSLoConfigError, language_token
+from ..langtok import TARGET, LanguageTokens
+from ..languages import LSLoConfigError
 from ..modules.spec import CONFIG_KEY, LSLoSpec
+
+WHO = "lslo_label_smoothed_cross_entropy (per-language metrics)"
 
 
 class TargetLanguages:
     """Maps a batch to target-language ids (``codes`` order); ``groups[i]`` is code i's group."""
 
-    def __init__(self, codes: List[str], groups: Optional[List[str]], token_to_lang: Optional[Tensor],
-                 constant: Optional[int]):
+    def __init__(self, codes: List[str], groups: Optional[List[str]], tokens: LanguageTokens):
         self.codes = codes
         self.groups = groups
         self.group_names: List[str] = [] if groups is None else list(dict.fromkeys(groups))
-        self.token_to_lang = token_to_lang
-        self.constant = constant
+        self.tokens = tokens
         if groups is not None:
             index = {g: i for i, g in enumerate(self.group_names)}
             self.lang_to_group = torch.tensor([index[g] for g in groups], dtype=torch.long)
@@ -40,41 +41,27 @@ class TargetLanguages:
             codes, groups = spec.codes, [g for _, g in spec.languages]
         else:
             codes, groups = task_languages(task, targs), None
-        dictionary = task.target_dictionary
-        if getattr(targs, "decoder_langtok", False):
-            style = getattr(targs, "lang_tok_style", "multilingual")
-            table = torch.full((len(dictionary),), -1, dtype=torch.long)
-            for i, code in enumerate(codes):
-                idx = dictionary.index(language_token(code, style))
-                if idx == dictionary.unk():
-                    raise LSLoConfigError(
-                        f"lslo_label_smoothed_cross_entropy: target language {code!r} has no token "
-                        f"{language_token(code, style)} in the dictionary"
-                    )
-                table[idx] = i
-            return cls(codes, groups, table, None)
-        target = getattr(targs, "target_lang", None)
-        if target is not None and target in codes:
-            return cls(codes, groups, None, codes.index(target))
-        raise LSLoConfigError(
-            "lslo_label_smoothed_cross_entropy needs each sample's target language: use the multilingual "
-            "task with --decoder-langtok, or a bilingual task with --target-lang (listed in --lslo-langs)"
-        )
+        tokens = LanguageTokens.from_task(task, codes)
+        tokens.require(False, True, WHO)
+        return cls(codes, groups, tokens)
 
     def ids(self, sample) -> Tensor:
         """One target-language id per sample of the batch (LongTensor on the batch's device)."""
-        prev = sample["net_input"]["prev_output_tokens"]
-        if self.token_to_lang is None:
-            return torch.full((prev.size(0),), self.constant, dtype=torch.long, device=prev.device)
-        if self.token_to_lang.device != prev.device:
-            self.token_to_lang = self.token_to_lang.to(prev.device)
-        head = self.token_to_lang[prev[:, :2]]
-        ids = torch.where(head[:, 0] >= 0, head[:, 0], head[:, 1])
+        net_input = sample["net_input"]
+        given = net_input.get("lslo_tgt_lang")
+        if given is not None:
+            return given.to(net_input["prev_output_tokens"].device)
+        src_tokens = net_input["src_tokens"]
+        if self.tokens.tgt_table.device != src_tokens.device:
+            self.tokens.to(src_tokens.device)  # once: the tables then stay on the batch's device
+        ids = self.tokens.target(src_tokens, net_input["prev_output_tokens"])
+        if ids is None:
+            raise LSLoConfigError(f"{WHO}: the batch's target languages cannot be read; add --decoder-langtok")
         if bool((ids < 0).any()):
             bad = int((ids < 0).nonzero()[0, 0])
             raise RuntimeError(
-                f"sample {bad} of the batch has no target language token at the head of prev_output_tokens; "
-                f"prepare the data with --decoder-langtok (known languages: {','.join(self.codes)})"
+                f"sample {bad} of the batch has no target language token at {self.tokens.where(TARGET)} "
+                f"(known languages: {','.join(self.codes)})"
             )
         return ids
 

@@ -23,7 +23,8 @@ from fairseq.models.transformer import (
 )
 
 from ..data_check import check_binarized
-from ..languages import LSLoConfigError, language_token_ids, optional_index
+from ..langtok import LanguageTokens, task_directions
+from ..languages import LSLoConfigError
 from ..modules.adapter_file import load_adapters
 from ..modules.lslo_linear import LSLoLinear, is_lslo_key
 from ..modules.placement import DECODER_POSITIONS, ENCODER_POSITIONS, ROUTES, compact_routing
@@ -245,9 +246,7 @@ class LSLoTransformerModel(TransformerModel):
         # in training and validation the target language is in prev_output_tokens; the
         # encoder needs it too (target-routed encoder layers)
         if lslo_tgt_lang is None:
-            lslo_tgt_lang = self.encoder.lslo_languages.target_ids(
-                src_tokens.size(0), src_tokens.device, prev_output_tokens
-            )
+            lslo_tgt_lang = self.encoder.lslo_languages.target_ids(src_tokens, prev_output_tokens)
         encoder_out = self.encoder(
             src_tokens,
             src_lengths=src_lengths,
@@ -302,71 +301,37 @@ class LSLoTransformerModel(TransformerModel):
 
 
 def build_resolver(spec: LSLoSpec, task) -> LanguageResolver:
-    """Check the task's languages and langtok flags against the spec; map tokens to ids."""
+    """Check the task's languages against the spec; read tokens where fairseq puts them (langtok.py)."""
     inventory = spec.inventory
     targs = getattr(task, "args", None)
-    lang_pairs = getattr(task, "lang_pairs", None) or getattr(targs, "lang_pairs", None) or []
-    if isinstance(lang_pairs, str):
-        lang_pairs = lang_pairs.split(",")
-    for pair in lang_pairs:
+    for flag, attr in (("--source-lang", "source_lang"), ("--target-lang", "target_lang")):
+        code = getattr(targs, attr, None)
+        if code is not None and code not in inventory:
+            raise LSLoConfigError(f"language {code!r} of {flag} is not in --lslo-langs ({inventory.to_spec()})")
+    for pair in task_directions(task):
         for code in pair.split("-"):
             if code not in inventory:
                 raise LSLoConfigError(
                     f"language {code!r} of --lang-pairs is not in --lslo-langs ({inventory.to_spec()}); "
                     f"add it as {code}:GROUP"
                 )
-    multilingual = hasattr(targs, "encoder_langtok")
-    src_from_tokens = multilingual and getattr(targs, "encoder_langtok", None) == "src"
-    tgt_from_tokens = multilingual and bool(getattr(targs, "decoder_langtok", False))
-    if multilingual and spec.needs_src and not src_from_tokens:
-        raise LSLoConfigError(
-            "LSLo routes some layers by the source language, read from the source language token: "
-            "add --encoder-langtok src"
-        )
-    if multilingual and spec.needs_tgt and not tgt_from_tokens:
-        raise LSLoConfigError(
-            "LSLo routes some layers by the target language, read from the target language token: "
-            "add --decoder-langtok"
-        )
-    source_code = getattr(targs, "source_lang", None)
-    target_code = getattr(targs, "target_lang", None)
-    for flag, code in (("--source-lang", source_code), ("--target-lang", target_code)):
-        if code is not None and code not in inventory:
-            raise LSLoConfigError(f"language {code!r} of {flag} is not in --lslo-langs ({inventory.to_spec()})")
-    if not multilingual:
-        if spec.needs_src and source_code is None:
-            raise LSLoConfigError("LSLo needs the source language: pass --source-lang (or use a multilingual task)")
-        if spec.needs_tgt and target_code is None:
-            raise LSLoConfigError("LSLo needs the target language: pass --target-lang (or use a multilingual task)")
-    dictionary = task.source_dictionary
-    token_ids = None
-    if multilingual:
-        token_ids = language_token_ids(inventory, dictionary, getattr(targs, "lang_tok_style", "multilingual"))
-    return LanguageResolver(
-        codes=inventory.codes,
-        token_ids=token_ids,
-        vocab_size=len(dictionary),
-        pad=dictionary.pad(),
-        needs_src=spec.needs_src,
-        needs_tgt=spec.needs_tgt,
-        src_from_tokens=src_from_tokens,
-        tgt_from_tokens=tgt_from_tokens,
-        default_src=optional_index(inventory, source_code),
-        default_tgt=optional_index(inventory, target_code),
-    )
+    tokens = LanguageTokens.from_task(task, inventory.codes)
+    return LanguageResolver(tokens, needs_src=spec.needs_src, needs_tgt=spec.needs_tgt)
 
 
 def check_training_data(task) -> None:
-    """In fairseq-train, fail before the first update if a data file is missing or truncated."""
+    """In fairseq-train, fail before the first update if a data file is missing, truncated or in another
+    format than ``--dataset-impl`` (every impl fairseq offers: see data_check.py)."""
     targs = getattr(task, "args", None)
     pairs = getattr(task, "lang_pairs", None)
     if not getattr(task, "training", False) or not pairs or not getattr(targs, "data", None):
         return
     dirs = targs.data.split(":")
-    check_binarized(dirs, [targs.train_subset], pairs)
+    impl = getattr(targs, "dataset_impl", None)
+    check_binarized(dirs, [targs.train_subset], pairs, impl)
     valid = [s for s in str(getattr(targs, "valid_subset", "")).split(",") if s]
     if valid and not getattr(targs, "disable_validation", False):
-        check_binarized(dirs[:1], valid, pairs)
+        check_binarized(dirs[:1], valid, pairs, impl)
 
 
 def log_parameter_counts(model: LSLoTransformerModel) -> None:

@@ -11,10 +11,22 @@
 ``B`` is used transposed throughout: with the wide dimension (d_out) last, the batched
 products that read or write full-size tensors (the output, its gradient) have them as their
 wide operand, which is where BLAS is fastest for ranks this small.
+
+Precision (one home: :func:`precision`).  The products run in one *compute* dtype: the dtype
+``F.linear(x, W)`` gives at that point, i.e. the autocast dtype of ``x``'s device while
+autocast is on there (``--amp``, ``torch.autocast``: fp16 or bf16, CPU or CUDA), otherwise
+``x``'s own dtype (fp32; fp16/bf16 under fairseq's ``--fp16``/``--bf16``, which cast the whole
+model, LSLo factors included, to half precision).  Every route and both ways of running a mixed
+batch use it; the output is in it.  Factor gradients are *accumulated* in fp32 whenever the
+compute dtype is half precision (over the samples of a slot, and over the tokens of a slot
+inside one GEMM, whose accumulators BLAS keeps in fp32), then cast once to the factor
+parameter's own dtype (fp32 under autocast, fp16/bf16 under ``--fp16``/``--bf16``, where
+fairseq's FP16 optimizers copy them to their fp32 master weights).  When everything is already
+fp32 (or fp64) no cast or copy happens at all.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -23,6 +35,30 @@ from torch import Tensor
 Bucket = Tuple[Tensor, Tensor, Tensor, Tensor]
 #: which factors to build: None (every slot, padded and stacked) or (bucket index, row in it)
 Selection = Optional[Tuple[int, int]]
+
+
+class Precision(NamedTuple):
+    """The dtypes of the low-rank ops: products in ``compute``, factor-gradient sums in ``accumulate``."""
+
+    compute: torch.dtype
+    accumulate: torch.dtype
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def precision(x: Tensor) -> Precision:
+    """The one decision of which dtypes the low-rank ops use for input ``x`` (see the module doc).
+
+    ``compute`` follows autocast exactly as ``F.linear`` does: the autocast dtype of ``x``'s
+    device while autocast is enabled there and ``x`` is a float autocast may cast (not fp64),
+    else ``x.dtype``.  ``accumulate`` is fp32 when ``compute`` is fp16/bf16, else ``compute``.
+    """
+    dtype = x.dtype
+    device = x.device.type
+    if x.is_floating_point() and dtype != torch.float64 and torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+    return Precision(dtype, torch.float32 if dtype in _HALF else dtype)
 
 
 def _mask_into(out: Tensor, mask: Tensor, value: Tensor) -> Tensor:
@@ -35,7 +71,10 @@ class MaskedFactors(torch.autograd.Function):
 
     Every slot: ``A`` is K x r_max x d_in and ``Bt`` K x r_max x d_out, rows past a slot's own
     rank are zero.  One slot ``(bucket, row)``: 1 x r x d_in and 1 x r x d_out.  Gradients go
-    back to the bucket parameters through the same masks, so pruned entries get none.
+    back to the bucket parameters through the same masks, so pruned entries get exact zeros;
+    every bucket parameter that requires a gradient gets a tensor on every call, zeros for the
+    slots the batch did not use (one-language batches included).  Factors keep the parameters'
+    dtype here; :func:`precision` governs the products that use them.
     """
 
     @staticmethod
@@ -72,24 +111,42 @@ class MaskedFactors(torch.autograd.Function):
         start = 0
         for j, (A, A_mask, B, B_mask) in enumerate(buckets):
             n, r = A.size(0), A.size(1)
+            need_A, need_B = ctx.needs_input_grad[1 + 4 * j], ctx.needs_input_grad[3 + 4 * j]
             if ctx.selection is None:
                 rows = slice(start, start + n)
-                dA = None if grad_A is None else grad_A[rows, :r]
-                dBt = None if grad_Bt is None else grad_Bt[rows, :r]
-                if dA is not None and ctx.needs_input_grad[1 + 4 * j]:
-                    grads[4 * j] = _mask_into(torch.empty_like(A), A_mask, dA)
-                if dBt is not None and ctx.needs_input_grad[3 + 4 * j]:
-                    grads[4 * j + 2] = _mask_into(torch.empty_like(B), B_mask, dBt.transpose(1, 2))
-            elif ctx.selection[0] == j:
-                i = ctx.selection[1]
-                if grad_A is not None and ctx.needs_input_grad[1 + 4 * j]:
-                    grads[4 * j] = torch.zeros_like(A)
-                    _mask_into(grads[4 * j][i], A_mask[i], grad_A[0])
-                if grad_Bt is not None and ctx.needs_input_grad[3 + 4 * j]:
-                    grads[4 * j + 2] = torch.zeros_like(B)
-                    _mask_into(grads[4 * j + 2][i], B_mask[i], grad_Bt[0].t())
+                if need_A:
+                    grads[4 * j] = _masked_grad(A, A_mask, None if grad_A is None else grad_A[rows, :r])
+                if need_B:
+                    dB = None if grad_Bt is None else grad_Bt[rows, :r].transpose(1, 2)
+                    grads[4 * j + 2] = _masked_grad(B, B_mask, dB)
+            else:  # one slot: its row gets the gradient, every other slot and bucket exact zeros
+                i = ctx.selection[1] if ctx.selection[0] == j else None
+                if need_A:
+                    grads[4 * j] = _masked_row_grad(A, A_mask, i, None if grad_A is None else grad_A[0])
+                if need_B:
+                    grads[4 * j + 2] = _masked_row_grad(B, B_mask, i, None if grad_Bt is None else grad_Bt[0].t())
             start += n
         return (None,) + tuple(grads)
+
+
+def _masked_grad(param: Tensor, mask: Tensor, grad: Optional[Tensor]) -> Tensor:
+    """The gradient of a whole bucket parameter: ``grad`` where kept, else (and without one) zeros."""
+    if grad is None:
+        return torch.zeros_like(param)
+    return _mask_into(torch.empty_like(param), mask, grad)
+
+
+def _masked_row_grad(param: Tensor, mask: Tensor, row: Optional[int], grad: Optional[Tensor]) -> Tensor:
+    """Zeros like a bucket parameter, with the masked ``grad`` in ``row`` (None: all zeros).
+
+    Every bucket gets a gradient tensor on every batch, never None: optimizers and DDP
+    backends treat None differently from zero (Adam skips it, fairseq's FP16 optimizers and
+    DDP zero-fill it and step), so a None would make training depend on the backend.
+    """
+    out = torch.zeros_like(param)
+    if row is not None and grad is not None:
+        _mask_into(out[row], mask[row], grad)
+    return out
 
 
 def masked_factors(buckets: Sequence[Bucket], selection: Selection) -> Tuple[Tensor, Tensor]:
@@ -135,17 +192,21 @@ def _own_rank(stack: Tensor, row_ranks: Sequence[int]) -> List[Tensor]:
 
 
 def _routed_update(out: Tensor, x: Tensor, A: Tensor, Bt: Tensor, scale: Tensor, rows: Optional[Tensor],
-                   row_ranks: Sequence[int]) -> Tuple[List[Tensor], Optional[List[Tensor]]]:
+                   row_ranks: Sequence[int], prec: Precision) -> Tuple[List[Tensor], Optional[List[Tensor]]]:
     """``out += scale * (x A^T) Bt`` per sample, in place; returns what the backward needs.
 
     ``rows is None``: one pair for all positions (``A``: 1 x r x d_in, ``x``: ... x d_in).
     Otherwise ``x``/``out`` are time-major (T x N x d) and sample ``b`` uses row ``rows[b]``
     of the stacks, whose own rank is ``row_ranks[rows[b]]``.  Everything is computed in
-    ``out``'s dtype (under autocast the frozen map's output may be half precision while the
-    factors are fp32).  Returns (tensors to save, the per-sample ``h^T`` list or None).
+    ``prec.compute`` (the caller's :func:`precision` of ``x``), which ``out`` must have (under
+    autocast the factors stay fp32 and are cast here).  Returns (tensors to save, the
+    per-sample ``h^T`` list or None).
     """
-    dtype = out.dtype
-    x, A, Bt, scale = x.to(dtype), A.to(dtype), Bt.to(dtype), scale.to(dtype)
+    dtype = prec.compute
+    if out.dtype != dtype:
+        raise TypeError(f"the LSLo update is computed in {dtype} (lowrank_ops.precision of the input) but the "
+                        f"output it is added to is {out.dtype}")
+    x, A, Bt, scale = x.to(dtype), A.to(dtype), Bt.to(dtype), scale.to(dtype)  # no-ops when already there
     out = out.view(x.shape[:-1] + (out.size(-1),))
     if _per_sample(x, out.size(-1), rows):
         As, Bts = _own_rank(A, row_ranks), _own_rank(Bt, row_ranks)
@@ -170,15 +231,27 @@ def _routed_update(out: Tensor, x: Tensor, A: Tensor, Bt: Tensor, scale: Tensor,
 def low_rank_add_(out: Tensor, x: Tensor, A: Tensor, Bt: Tensor, scale: Tensor, rows: Optional[Tensor],
                   row_ranks: Sequence[int]) -> Tensor:
     """:class:`LowRankAdd` without autograd bookkeeping (inference)."""
-    _routed_update(out, x, A, Bt, scale, rows, row_ranks)
+    _routed_update(out, x, A, Bt, scale, rows, row_ranks, precision(x))
     return out
 
 
-def _save(ctx, saved: List[Tensor], hs: Optional[List[Tensor]], rows: Optional[Tensor], row_ranks: Sequence[int],
-          num_slots: int, need_factors: Tuple[bool, bool], *more: Optional[Tensor]) -> None:
+def _save(ctx, saved: List[Tensor], hs: Optional[List[Tensor]], prec: Precision, factor_dtype: torch.dtype,
+          rows: Optional[Tensor], row_ranks: Sequence[int], num_slots: int, need_factors: Tuple[bool, bool],
+          *more: Optional[Tensor]) -> None:
     """Keep on ``ctx`` what :func:`_routed_backward` reads (``more``: the caller's own tensors, last)."""
     ctx.save_for_backward(*saved, rows, *more)
     ctx.hs, ctx.row_ranks, ctx.num_slots, ctx.need_factors = hs, row_ranks, num_slots, need_factors
+    ctx.precision, ctx.factor_dtype = prec, factor_dtype
+
+
+def _to(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    return None if t is None else t.to(dtype)
+
+
+def _sum_into_slots(per_sample: Tensor, rows: Tensor, num_slots: int, dtype: torch.dtype) -> Tensor:
+    """Per-sample factor gradients (N x ...) summed into their slots (K x ...), in ``dtype``."""
+    return per_sample.new_zeros((num_slots,) + per_sample.shape[1:], dtype=dtype).index_add_(
+        0, rows, per_sample.to(dtype))
 
 
 def _routed_backward(ctx, grad_out: Tensor, grad_x: Optional[Tensor], need_x: bool):
@@ -186,7 +259,9 @@ def _routed_backward(ctx, grad_out: Tensor, grad_x: Optional[Tensor], need_x: bo
     buffer) gets none.
 
     ``grad_x``, when given, is the input gradient of the frozen map (shaped like ``x``): the
-    low-rank part is accumulated into it in place instead of into a new tensor.
+    low-rank part is accumulated into it in place instead of into a new tensor.  Products run
+    in the compute dtype, factor gradients are summed over samples in the accumulation dtype
+    and returned in the factors' own dtype (see :func:`precision`).
     """
     if ctx.hs is not None:
         return _per_sample_backward(ctx, grad_out, grad_x, need_x)
@@ -212,21 +287,35 @@ def _routed_backward(ctx, grad_out: Tensor, grad_x: Optional[Tensor], need_x: bo
             target = grad_x.view(1, -1, x.size(-1)) if rows is None else grad_x.transpose(0, 1)
             target.baddbmm_(g_hT.transpose(1, 2), A_s)
     if rows is not None:  # per-sample factor gradients summed into their slots
+        acc = ctx.precision.accumulate
         if grad_A is not None:
-            grad_A = grad_A.new_zeros((ctx.num_slots,) + grad_A.shape[1:]).index_add_(0, rows, grad_A)
+            grad_A = _sum_into_slots(grad_A, rows, ctx.num_slots, acc)
         if grad_Bt is not None:
-            grad_Bt = grad_Bt.new_zeros((ctx.num_slots,) + grad_Bt.shape[1:]).index_add_(0, rows, grad_Bt)
-    return grad_x, grad_A, grad_Bt
+            grad_Bt = _sum_into_slots(grad_Bt, rows, ctx.num_slots, acc)
+    return grad_x, _to(grad_A, ctx.factor_dtype), _to(grad_Bt, ctx.factor_dtype)
+
+
+def _addmm_into(target: Tensor, a: Tensor, b: Tensor, alpha: float) -> None:
+    """``target += alpha * a @ b`` where ``target`` has the operands' dtype."""
+    target.addmm_(a, b, alpha=alpha)
+
+
+def _add_mm_widening(target: Tensor, a: Tensor, b: Tensor, alpha: float) -> None:
+    """``target += alpha * a @ b`` for a wider (fp32) ``target`` than the (half) operands."""
+    target.add_(torch.mm(a, b), alpha=alpha)
 
 
 def _per_sample_backward(ctx, grad_out: Tensor, grad_x: Optional[Tensor], need_x: bool):
-    """:func:`_routed_backward` one sample at a time, each at its own rank, summing into the slots."""
+    """:func:`_routed_backward` one sample at a time, each at its own rank, summing into the slots
+    (in the accumulation dtype of :func:`precision`)."""
     x, A, Bt, scale, rows = ctx.saved_tensors[:5]
     need_A, need_B = ctx.need_factors
+    acc = ctx.precision.accumulate
+    add_into = _addmm_into if acc == x.dtype else _add_mm_widening
     grad_out = grad_out.to(x.dtype).reshape(x.shape[:-1] + (grad_out.size(-1),))
     As, Bts = _own_rank(A, ctx.row_ranks), _own_rank(Bt, ctx.row_ranks)
-    grad_A = torch.zeros_like(A) if need_A else None
-    grad_Bt = torch.zeros_like(Bt) if need_B else None
+    grad_A = torch.zeros_like(A, dtype=acc) if need_A else None
+    grad_Bt = torch.zeros_like(Bt, dtype=acc) if need_B else None
     if need_x and grad_x is None:
         grad_x = torch.zeros_like(x)
     gAs = _own_rank(grad_A, ctx.row_ranks) if need_A else None
@@ -237,12 +326,12 @@ def _per_sample_backward(ctx, grad_out: Tensor, grad_x: Optional[Tensor], need_x
         g, h_t = gs[b], ctx.hs[b]
         g_ht = torch.mm(Bts[k], g.t())  # r x T: gradient of the scaled h, transposed
         if need_B:
-            gBts[k].addmm_(h_t, g, alpha=s)
+            add_into(gBts[k], h_t, g, s)
         if need_A:
-            gAs[k].addmm_(g_ht, xs[b], alpha=s)
+            add_into(gAs[k], g_ht, xs[b], s)
         if need_x:
             gxs[b].addmm_(g_ht.t(), As[k], alpha=s)
-    return grad_x, grad_A, grad_Bt
+    return grad_x, _to(grad_A, ctx.factor_dtype), _to(grad_Bt, ctx.factor_dtype)
 
 
 class LowRankAdd(torch.autograd.Function):
@@ -251,14 +340,21 @@ class LowRankAdd(torch.autograd.Function):
     Writing into ``out`` (the frozen layer's output) avoids a full-size temporary and the
     extra pass of adding it; the backward reads the incoming gradient in place (strided
     batched matmuls) and scatters the per-sample factor gradients back to the K slots.
+
+    Dtypes (:func:`precision` of ``x``): the products run in the compute dtype, which ``out``
+    must have (``x``, ``A``, ``Bt`` are cast to it when they differ, e.g. fp32 factors under
+    autocast); the gradient of ``x`` is in the compute dtype (autograd casts it to ``x``'s);
+    the factor gradients are summed over samples in fp32 when computing in half precision
+    and returned in ``A``'s/``Bt``'s own dtype.
     """
 
     @staticmethod
     def forward(ctx, out: Tensor, x: Tensor, A: Tensor, Bt: Tensor, scale: Tensor, rows: Optional[Tensor],
                 row_ranks: Sequence[int]):
-        saved, hs = _routed_update(out, x, A, Bt, scale, rows, row_ranks)
+        prec = precision(x)
+        saved, hs = _routed_update(out, x, A, Bt, scale, rows, row_ranks, prec)
         ctx.mark_dirty(out)
-        _save(ctx, saved, hs, rows, row_ranks, A.size(0), ctx.needs_input_grad[2:4])
+        _save(ctx, saved, hs, prec, A.dtype, rows, row_ranks, A.size(0), ctx.needs_input_grad[2:4])
         return out
 
     @staticmethod
@@ -273,15 +369,22 @@ class LinearLowRank(torch.autograd.Function):
     The same arithmetic as :class:`LowRankAdd` on top of the frozen map, but owning the frozen
     map's backward too: the low-rank input gradient is accumulated in place into
     ``grad_out @ weight`` instead of being a second full-size tensor that autograd adds.
+
+    Dtypes: as :class:`LowRankAdd`; the frozen map runs in the same compute dtype (as
+    ``F.linear`` does under autocast: ``x``, ``weight`` and ``bias`` cast to it), and so does
+    the output.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], A: Tensor, Bt: Tensor, scale: Tensor,
                 rows: Optional[Tensor], row_ranks: Sequence[int]):
+        prec = precision(x)
+        dtype = prec.compute
+        x, weight, bias = x.to(dtype), weight.to(dtype), _to(bias, dtype)  # no-ops when already there
         x2 = x.reshape(-1, x.size(-1))
         out = torch.addmm(bias, x2, weight.t()) if bias is not None else torch.mm(x2, weight.t())
-        saved, hs = _routed_update(out, x, A, Bt, scale, rows, row_ranks)
-        _save(ctx, saved, hs, rows, row_ranks, A.size(0), ctx.needs_input_grad[3:5], weight)
+        saved, hs = _routed_update(out, x, A, Bt, scale, rows, row_ranks, prec)
+        _save(ctx, saved, hs, prec, A.dtype, rows, row_ranks, A.size(0), ctx.needs_input_grad[3:5], weight)
         # the 2-D result itself, not a view of it: callers (fairseq's attention: q *= scaling)
         # modify it in place, which autograd forbids on a view made inside a custom Function
         return out
@@ -291,7 +394,7 @@ class LinearLowRank(torch.autograd.Function):
         x, weight = ctx.saved_tensors[0], ctx.saved_tensors[-1]
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         g2 = grad_out.to(x.dtype).reshape(-1, grad_out.size(-1))
-        grad_x = torch.mm(g2, weight.to(x.dtype)).view(x.shape) if need_x else None
+        grad_x = torch.mm(g2, weight).view(x.shape) if need_x else None
         grad_x, grad_A, grad_Bt = _routed_backward(ctx, grad_out, grad_x, need_x)
         grad_w = torch.mm(g2.t(), x.reshape(-1, x.size(-1))) if need_w else None
         grad_b = g2.sum(0) if need_b else None

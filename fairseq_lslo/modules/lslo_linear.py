@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .lowrank_ops import LinearLowRank, LowRankAdd, low_rank_add_, masked_factors
+from .lowrank_ops import LinearLowRank, LowRankAdd, low_rank_add_, masked_factors, precision
 from .routing import LanguageRouter
 
 #: every parameter or buffer whose name contains this belongs to LSLo (and trains)
@@ -106,9 +106,11 @@ class LowRankBank(nn.Module):
 
         ``uniform`` is the slot shared by the whole batch when there is one (then ``x`` may have
         any shape ``... x d_in``).  To add the adapter to an existing output, :meth:`add_delta`
-        is cheaper: it writes into that output instead of allocating this one.
+        is cheaper: it writes into that output instead of allocating this one.  The result is in
+        the compute dtype of ``lowrank_ops.precision`` (e.g. bf16 under bf16 autocast).
         """
-        return self.add_delta(x.new_zeros(x.shape[:-1] + (self.out_features,)), x, slots, uniform)
+        out = x.new_zeros(x.shape[:-1] + (self.out_features,), dtype=precision(x).compute)
+        return self.add_delta(out, x, slots, uniform)
 
     def add_delta(self, out: Tensor, x: Tensor, slots: Optional[Tensor], uniform: Optional[int]) -> Tensor:
         """``out + delta(x)``, computed in place in ``out`` (autograd-safe: gradients are hand-written).
@@ -240,8 +242,8 @@ class LSLoLinear(nn.Linear):
         if self.merged is not None:
             self._check_merged_routing()
             return out
-        if self.route == "learn":
-            w = self.mix_weights().to(x.dtype)
+        if self.route == "learn":  # the mix, like both deltas, in the low-rank ops' compute dtype (= out's)
+            w = self.mix_weights().to(precision(x).compute)
             d_src = self.lslo_src.delta(x, *self.router.lookup("src"))
             d_tgt = self.lslo_tgt.delta(x, *self.router.lookup("tgt"))
             return out + w[0] * d_src + w[1] * d_tgt

@@ -8,11 +8,13 @@ LSLo module of the model shares hands them to the modules.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from torch import Tensor
+
+from ..langtok import SOURCE, TARGET, LanguageTokens
 
 #: keys this package adds to fairseq's ``encoder_out`` dict
 SRC_KEY, TGT_KEY, UNIFORM_KEY = "lslo_src_lang", "lslo_tgt_lang", "lslo_uniform"
@@ -87,76 +89,48 @@ class LanguageRouter:
 
 
 class LanguageResolver(nn.Module):
-    """Maps language tokens to inventory ids; knows where each side's language comes from.
+    """Each sample's source and target language (inventory ids), for the sides the model routes by.
 
-    * source language: ``lslo_src_lang`` given by the caller, else the first non-pad token
-      of ``src_tokens`` (``--encoder-langtok src``), else the task's ``--source-lang``;
-    * target language: ``lslo_tgt_lang`` given by the caller, else the language token at
-      the head of ``prev_output_tokens`` (``--decoder-langtok``; position 1, or 0 with
-      ``--lang-tok-replacing-bos-eos``), else the task's ``--target-lang``.  In generation
-      the decoder input at step 0 is only ``</s>``: the target language is then taken at
-      encoding time, so position 0 is routed exactly as in training.
+    Reading them from the tokens is :class:`~fairseq_lslo.langtok.LanguageTokens`' job (the one
+    place that knows where fairseq puts language tokens; the criterion reads through it too).
+    This adds what routing needs: ids given by the caller (``lslo_src_lang`` / ``lslo_tgt_lang``
+    in ``net_input``) come first, every id is checked against the inventory, and a batch of one
+    language is flagged for the fast path.  In generation the decoder input at step 0 holds no
+    target language token (``</s>``): the target language is then taken at encoding time (from
+    the source-side token with ``--encoder-langtok tgt``, or ``-t``), so position 0 is routed
+    exactly as in training.
     """
 
-    def __init__(
-        self,
-        codes: Sequence[str],
-        token_ids: Optional[Sequence[int]],
-        vocab_size: int,
-        pad: int,
-        needs_src: bool,
-        needs_tgt: bool,
-        src_from_tokens: bool,
-        tgt_from_tokens: bool,
-        default_src: Optional[int] = None,
-        default_tgt: Optional[int] = None,
-    ):
+    def __init__(self, tokens: LanguageTokens, needs_src: bool, needs_tgt: bool):
         super().__init__()
-        self.codes = list(codes)
-        self.pad = pad
+        tokens.require(needs_src, needs_tgt, "LSLo routing (--lslo-encoder-routing/--lslo-decoder-routing)")
+        self.tokens = tokens
+        self.codes = list(tokens.codes)
         self.needs_src, self.needs_tgt = needs_src, needs_tgt
-        self.src_from_tokens, self.tgt_from_tokens = src_from_tokens, tgt_from_tokens
-        self.default_src, self.default_tgt = default_src, default_tgt
-        table = torch.full((vocab_size,), -1, dtype=torch.long)
-        if token_ids is not None:
-            table[torch.tensor(list(token_ids), dtype=torch.long)] = torch.arange(len(token_ids))
-        self.register_buffer("token_to_lang", table, persistent=False)
 
     # --- per side ---------------------------------------------------------------------
-    def _constant(self, value: Optional[int], batch: int, device, what: str) -> Tensor:
-        if value is None:
-            raise RuntimeError(what)
-        return torch.full((batch,), value, dtype=torch.long, device=device)
-
     def source_ids(self, src_tokens: Tensor, given: Optional[Tensor] = None) -> Optional[Tensor]:
         if not self.needs_src:
             return None
         if given is not None:
             return given.to(src_tokens.device)
-        if self.src_from_tokens:
-            first = src_tokens.ne(self.pad).long().argmax(dim=1, keepdim=True)  # left or right padding
-            return self.token_to_lang[src_tokens.gather(1, first).squeeze(1)]
-        return self._constant(
-            self.default_src, src_tokens.size(0), src_tokens.device,
-            "the source language of the batch is unknown: use --encoder-langtok src, or --source-lang, "
-            "or pass lslo_src_lang in net_input",
-        )
+        ids = self.tokens.source(src_tokens)
+        if ids is None:
+            raise RuntimeError(
+                "the source language of the batch is unknown: use --encoder-langtok src, or -s/--source-lang, "
+                "or pass lslo_src_lang in net_input"
+            )
+        return ids
 
     def target_ids(
-        self, batch: int, device, prev_output_tokens: Optional[Tensor] = None, given: Optional[Tensor] = None
+        self, src_tokens: Tensor, prev_output_tokens: Optional[Tensor] = None, given: Optional[Tensor] = None
     ) -> Optional[Tensor]:
+        """Target ids, or None when not needed or not known yet (generation: decided at encoding)."""
         if not self.needs_tgt:
             return None
         if given is not None:
-            return given.to(device)
-        if self.tgt_from_tokens and prev_output_tokens is not None and prev_output_tokens.size(1) >= 2:
-            head = self.token_to_lang[prev_output_tokens[:, :2]]
-            return torch.where(head[:, 0] >= 0, head[:, 0], head[:, 1])
-        return self._constant(
-            self.default_tgt, batch, device,
-            "the target language of the batch is unknown before decoding: run fairseq-generate with "
-            "-t/--target-lang, or pass lslo_tgt_lang (inventory ids) in net_input",
-        )
+            return given.to(src_tokens.device)
+        return self.tokens.target(src_tokens, prev_output_tokens)
 
     # --- both sides, checked ----------------------------------------------------------
     def resolve(
@@ -167,8 +141,13 @@ class LanguageResolver(nn.Module):
         tgt_given: Optional[Tensor] = None,
     ) -> BatchLanguages:
         src = self.source_ids(src_tokens, src_given)
-        tgt = self.target_ids(src_tokens.size(0), src_tokens.device, prev_output_tokens, tgt_given)
-        sides = [(name, ids) for name, ids in (("source", src), ("target", tgt)) if ids is not None]
+        tgt = self.target_ids(src_tokens, prev_output_tokens, tgt_given)
+        if self.needs_tgt and tgt is None:
+            raise RuntimeError(
+                "the target language of the batch is unknown before decoding: run fairseq-generate with "
+                "-t/--target-lang, or pass lslo_tgt_lang (inventory ids) in net_input"
+            )
+        sides = [(name, ids) for name, ids in ((SOURCE, src), (TARGET, tgt)) if ids is not None]
         if not sides:
             return BatchLanguages(None, None)
         # one host sync per batch: validity and "the whole batch is one language" together
@@ -179,13 +158,12 @@ class LanguageResolver(nn.Module):
             if lo < 0 or hi >= len(self.codes):
                 self._raise_bad(ids, name)
             uniform[name] = lo if lo == hi else None
-        return BatchLanguages(src, tgt, uniform.get("source"), uniform.get("target"))
+        return BatchLanguages(src, tgt, uniform.get(SOURCE), uniform.get(TARGET))
 
     def _raise_bad(self, ids: Tensor, side: str) -> None:
         bad = int(((ids < 0) | (ids >= len(self.codes))).nonzero()[0, 0])
-        flag = "--encoder-langtok src" if side == "source" else "--decoder-langtok"
         raise RuntimeError(
             f"sample {bad} of the batch has no {side} language token of --lslo-langs "
-            f"({','.join(self.codes)}) where LSLo reads it; the data must be prepared with {flag} "
-            f"(or pass lslo_{'src' if side == 'source' else 'tgt'}_lang in net_input)"
+            f"({','.join(self.codes)}) at {self.tokens.where(side)}; prepare the data with those flags "
+            f"(or pass lslo_{'src' if side == SOURCE else 'tgt'}_lang in net_input)"
         )

@@ -2,9 +2,11 @@
 
 usage: ddp_worker.py RANK WORLD PORT DICT_DIR OUT.pt
 For each wrapper (PyTorch DDP = fairseq's pytorch_ddp/c10d, and fairseq's legacy_ddp = no_c10d),
-each rank takes its own share of a mixed-direction batch (languages absent on one rank are
-present on the other), runs forward/backward through the DDP wrapper and one SGD step, and
-saves the averaged LSLo gradients and the updated LSLo weights.
+each rank takes its own share of the batch (rank 0: one language pair, rank 1: mixed directions
+with a language absent on rank 0), runs forward/backward through the DDP wrapper and one Adam
+step (fairseq's Adam), and saves the averaged LSLo gradients, the updated LSLo weights, the
+batch's uniform (src, tgt) language ids and, for legacy_ddp, the parameters whose local
+gradient was None before the all-reduce (none must be).
 """
 import os
 import sys
@@ -14,7 +16,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from conftest import LSLO_FLAGS, build, make_batch, randomize_adapters  # noqa: E402
-from test_distributed import FLAGS, SHARDS, sum_loss  # noqa: E402
+from test_distributed import FLAGS, SHARDS, adam, sum_loss  # noqa: E402
 
 
 def step(backend: str, rank: int, dict_dir: str) -> dict:
@@ -30,15 +32,17 @@ def step(backend: str, rank: int, dict_dir: str) -> dict:
     directions, lengths, tgt_lengths, seed = SHARDS[rank]
     net_input, target = make_batch(task, directions, lengths, tgt_lengths, seed=seed)
     out_logits = wrapped(**net_input)[0]
+    langs = model.encoder.lslo_router.languages
     loss = sum_loss(out_logits, target, task.source_dictionary.pad())
     loss.backward()
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    none_local = [n for n, p in params.items() if p.grad is None]
     if backend == "legacy_ddp":
         wrapped.all_reduce_grads()  # fairseq's trainer calls this before the optimizer step
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     grads = {n: p.grad.detach().clone() for n, p in params.items()}
-    opt = torch.optim.SGD(list(params.values()), lr=0.1)
-    opt.step()
-    return {"grads": grads, "weights": {n: p.detach().clone() for n, p in params.items()}}
+    adam(params.values()).step()
+    return {"grads": grads, "weights": {n: p.detach().clone() for n, p in params.items()},
+            "uniform": (langs.src_uniform, langs.tgt_uniform), "none_local": none_local}
 
 
 def main() -> None:
