@@ -5,7 +5,8 @@
 
 Checks (each one row of the table; the exit status is 1 if any row FAILs):
 
-* ``tests``: the routing and mixed-precision test files, with ``LSLO_TEST_DEVICE=<device>``;
+* ``tests``: the test files that take their device from ``tests/devices.py`` (batched routing,
+  the low-rank ops under autocast/fp16/bf16), with ``LSLO_TEST_DEVICE=<device>``;
 * ``train/<precision>/<route>``: ``fairseq-train`` from a base checkpoint in the published
   layout, every route (src, tgt, shared, learn) under every precision (CUDA: ``--fp16``,
   ``--bf16``, ``--amp``), ``--optimizer lslo_pruning`` pruning during the run: exit status 0,
@@ -46,9 +47,8 @@ CHECKS = ("tests", "train", "resume", "bench")
 ROUTES = ("src", "tgt", "shared", "learn")
 PRECISIONS = {"cuda": ("fp16", "bf16", "amp"), "cpu": ("fp32", "fp16", "bf16")}
 PRECISION_FLAGS = {"fp32": [], "fp16": ["--fp16"], "bf16": ["--bf16"], "amp": ["--amp"]}
-#: the test files that take LSLO_TEST_DEVICE (routing, low-rank ops under autocast/fp16/bf16)
-DEVICE_TEST_FILES = ("test_model_routing.py", "test_batched_routing.py", "test_search_routing.py",
-                     "test_*autocast*.py", "test_*precision*.py", "test_*dtype*.py", "test_lowrank*.py")
+#: a test file runs on LSLO_TEST_DEVICE when it takes its device from tests/devices.py
+USES_TEST_DEVICE = re.compile(r"^\s*(from devices import|import devices\b)", re.MULTILINE)
 LANG_PAIRS = ["en-fr", "fr-en", "en-de", "de-en", "fr-de", "de-fr"]
 MAX_UPDATE = 8
 RESUME_UPDATES, SAVE_EVERY, KILL_AT = 12, 4, 6
@@ -173,8 +173,20 @@ def tail(text: str, n: int = 3) -> str:
 
 
 # --- the checks ----------------------------------------------------------------------------
+def device_test_files() -> List[str]:
+    """The test files that run on ``LSLO_TEST_DEVICE`` (routing, low-rank ops under autocast/fp16/bf16)."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(TESTS, "test_*.py"))):
+        with open(path, encoding="utf-8") as f:
+            if USES_TEST_DEVICE.search(f.read()):
+                found.append(path)
+    return found
+
+
 def check_tests(device: str, timeout: float) -> Row:
-    files = sorted({f for pattern in DEVICE_TEST_FILES for f in glob.glob(os.path.join(TESTS, pattern))})
+    files = device_test_files()
+    if not files:
+        return Row("tests", "FAIL", 0.0, "no test file takes its device from tests/devices.py")
     start = time.time()
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files]
     proc = run_logged(cmd, env_for(device), timeout)

@@ -76,3 +76,9 @@ def test_losses_are_read_from_fairseq_json_logs():
     assert gpu_check.logged_losses(log)[0] == 7.125
     assert "non-finite" in gpu_check.check_losses(log)
     assert gpu_check.check_losses("nothing") == "no loss logged"
+
+
+def test_the_device_tests_are_the_files_that_take_the_test_device():
+    names = {os.path.basename(p) for p in gpu_check.device_test_files()}
+    assert {"test_precision.py", "test_batched_routing.py"} <= names
+    assert "test_gpu_check.py" not in names and "test_base_architecture.py" not in names
