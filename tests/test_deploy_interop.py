@@ -190,3 +190,18 @@ def test_hf_export_bad_input_names_the_file_or_direction(prenorm, tmp_path, caps
     assert main(base + ["-s", "en", "-t", "de", "--data", str(tmp_path / "no-data"), "-o", good]) == 2
     assert "no such directory" in capsys.readouterr().err
     assert {n: open(os.path.join(good, n), "rb").read() for n in os.listdir(good)} == before
+
+
+def test_the_plugin_never_imports_the_deploy_packages():
+    code = ("import sys, fairseq_lslo, fairseq_lslo.cli.merge, fairseq_lslo.cli.export_hf; "
+            "print(sorted(m for m in ('transformers', 'ctranslate2') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_missing_deploy_package_is_named_with_the_extra_to_install():
+    from fairseq_lslo.cli.m2m100 import require
+
+    with pytest.raises(ImportError, match=r"needs the Python package 'no_such_pkg'.*\[deploy\]"):
+        require("no_such_pkg.sub", "the Hugging Face export")
