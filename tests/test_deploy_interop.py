@@ -205,3 +205,43 @@ def test_a_missing_deploy_package_is_named_with_the_extra_to_install():
 
     with pytest.raises(ImportError, match=r"needs the Python package 'no_such_pkg'.*\[deploy\]"):
         require("no_such_pkg.sub", "the Hugging Face export")
+
+
+def test_tokenizer_files_encode_as_fairseq_does(tmp_path):
+    """M2M100Tokenizer written for a dictionary in M2M-100's layout: the ids fairseq's pipeline gives."""
+    import sentencepiece as spm
+    from fairseq.data import Dictionary
+
+    from fairseq_lslo.cli.m2m100 import UnsupportedForM2M100, tokenizer_layout, write_tokenizer
+
+    text = tmp_path / "corpus.txt"
+    words = ["house", "garden", "river", "mountain", "village", "bridge", "window", "street"]
+    text.write_text("\n".join(" ".join(words[(i * k) % 8] for k in range(1, 7)) for i in range(40)) + "\n")
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / "spm"), vocab_size=40,
+                                   model_type="bpe", minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "spm.model"))
+    d = Dictionary()
+    for i in range(sp.get_piece_size()):
+        if not sp.is_control(i) and not sp.is_unknown(i):
+            d.add_symbol(sp.id_to_piece(i))
+    tokenization = require("transformers.models.m2m_100.tokenization_m2m_100", "this test")
+    codes = tokenization.FAIRSEQ_LANGUAGE_CODES["m2m100"]
+    for code in codes[: codes.index("fr") + 1]:  # a prefix of M2M-100's language list, in its order
+        d.add_symbol(f"__{code}__")
+    out = tmp_path / "tok"
+    out.mkdir()
+    write_tokenizer(str(out), d.symbols, str(tmp_path / "spm.model"), "en", "de")
+    tok = require("transformers", "this test").AutoTokenizer.from_pretrained(str(out), src_lang="en", tgt_lang="de")
+    sentence = "garden river village bridge"
+    fairseq_ids = [d.index("__en__")] + [d.index(p) for p in sp.encode(sentence, out_type=str)] + [d.eos()]
+    assert d.unk() not in fairseq_ids
+    assert tok(sentence).input_ids == fairseq_ids
+    assert tok(text_target=sentence).input_ids == [d.index("__de__")] + fairseq_ids[1:]
+    assert tok.get_lang_id("fr") == d.index("__fr__")
+    assert tok.decode(fairseq_ids[1:-1]) == sentence
+
+    shuffled = Dictionary()  # languages in another order: M2M100Tokenizer would number them wrongly
+    for code in ("en", "de", "fr"):
+        shuffled.add_symbol(f"__{code}__")
+    with pytest.raises(UnsupportedForM2M100, match="not in the order M2M100Tokenizer numbers them"):
+        tokenizer_layout(shuffled.symbols)
