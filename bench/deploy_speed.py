@@ -5,9 +5,10 @@ with ``lslo-merge``'s code, converted with CTranslate2's own converter, and the 
 sentences are decoded by ``fairseq-generate`` (its own "Translated ... in Xs" figure: decoding
 time, model loading excluded) and by ``ctranslate2.Translator.translate_batch`` (model loaded
 before the clock starts), interleaved round by round, one thread each, same beam, batch size
-and output length (random weights never emit ``</s>``, so every hypothesis has exactly
-``--out-len`` tokens in both).  Writes ``results/bench/deploy_speed.json`` with the machine's
-load average.
+and output length (``--min-len``/``min_decoding_length`` hold every hypothesis at ``--out-len``
+tokens; the JSON records the output token counts of both).  The clock is wall time (fairseq's
+own figure is), so the JSON records the machine's load average and the ratio of every round.
+Writes ``results/bench/deploy_speed.json``.
 
 usage: python bench/deploy_speed.py [--sentences 200] [--beam 5] [--rounds 3]
 """
@@ -173,6 +174,8 @@ def main(argv=None) -> int:
                   "dims": args.dims, "vocab": args.vocab, "rounds": args.rounds},
         "seconds": runs, "median_seconds": median, "output_tokens": tokens,
         "speedup_vs_fairseq_generate": {k: median["fairseq_generate"] / median[k] for k in ("ct2_float32", "ct2_int8")},
+        "speedup_by_round": {k: [f / c for f, c in zip(runs["fairseq_generate"], runs[k])]
+                             for k in ("ct2_float32", "ct2_int8")},
         "elapsed_s": round(time.time() - started, 1),
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
