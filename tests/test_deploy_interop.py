@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import BIN, LSLO_FLAGS, PAIRS, ROOT, TASK, cli_env, lang_tok, make_batch, parse, randomize_adapters, run
+from conftest import BIN, LSLO_FLAGS, ROOT, TASK, cli_env, lang_tok, make_batch, parse, randomize_adapters, run
 from fairseq_lslo.cli.m2m100 import require
 
 PRE_NORM = ["--encoder-normalize-before", "--decoder-normalize-before"]
@@ -207,41 +207,67 @@ def test_a_missing_deploy_package_is_named_with_the_extra_to_install():
         require("no_such_pkg.sub", "the Hugging Face export")
 
 
-def test_tokenizer_files_encode_as_fairseq_does(tmp_path):
-    """M2M100Tokenizer written for a dictionary in M2M-100's layout: the ids fairseq's pipeline gives."""
+def train_spm(tmp_path):
+    """A tiny BPE SentencePiece model -> (processor, path)."""
     import sentencepiece as spm
-    from fairseq.data import Dictionary
-
-    from fairseq_lslo.cli.m2m100 import UnsupportedForM2M100, tokenizer_layout, write_tokenizer
 
     text = tmp_path / "corpus.txt"
     words = ["house", "garden", "river", "mountain", "village", "bridge", "window", "street"]
     text.write_text("\n".join(" ".join(words[(i * k) % 8] for k in range(1, 7)) for i in range(40)) + "\n")
     spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / "spm"), vocab_size=40,
                                    model_type="bpe", minloglevel=2)
-    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "spm.model"))
+    return spm.SentencePieceProcessor(model_file=str(tmp_path / "spm.model")), str(tmp_path / "spm.model")
+
+
+def test_tokenizer_files_encode_as_fairseq_does(tmp_path):
+    """M2M100Tokenizer written for a fairseq dictionary: its ids are fairseq's, renumbered as the model is."""
+    from fairseq.data import Dictionary
+
+    from fairseq_lslo.cli.m2m100 import tokenizer_numbering, write_tokenizer
+
+    sp, spm_path = train_spm(tmp_path)
     d = Dictionary()
     for i in range(sp.get_piece_size()):
         if not sp.is_control(i) and not sp.is_unknown(i):
             d.add_symbol(sp.id_to_piece(i))
-    tokenization = require("transformers.models.m2m_100.tokenization_m2m_100", "this test")
-    codes = tokenization.FAIRSEQ_LANGUAGE_CODES["m2m100"]
-    for code in codes[: codes.index("fr") + 1]:  # a prefix of M2M-100's language list, in its order
+    for code in ("de", "en", "fr", "kam"):  # as fairseq adds them (sorted); kam is not in M2M-100's list
         d.add_symbol(f"__{code}__")
+    vocab, order = tokenizer_numbering(d.symbols)
+    exported = {f: n for n, f in enumerate(order) if f is not None}
+    assert sorted(exported) == list(range(len(d)))  # every fairseq symbol has exactly one exported id
     out = tmp_path / "tok"
     out.mkdir()
-    write_tokenizer(str(out), d.symbols, str(tmp_path / "spm.model"), "en", "de")
+    write_tokenizer(str(out), vocab, spm_path, "en", "de")
     tok = require("transformers", "this test").AutoTokenizer.from_pretrained(str(out), src_lang="en", tgt_lang="de")
     sentence = "garden river village bridge"
     fairseq_ids = [d.index("__en__")] + [d.index(p) for p in sp.encode(sentence, out_type=str)] + [d.eos()]
     assert d.unk() not in fairseq_ids
-    assert tok(sentence).input_ids == fairseq_ids
-    assert tok(text_target=sentence).input_ids == [d.index("__de__")] + fairseq_ids[1:]
-    assert tok.get_lang_id("fr") == d.index("__fr__")
-    assert tok.decode(fairseq_ids[1:-1]) == sentence
+    assert tok(sentence).input_ids == [exported[i] for i in fairseq_ids]
+    assert tok(text_target=sentence).input_ids == [exported[d.index("__de__")]] + [exported[i] for i in fairseq_ids[1:]]
+    assert tok.get_lang_id("fr") == exported[d.index("__fr__")]
+    assert exported[d.index("__kam__")] >= len(vocab) + 100  # after M2M100Tokenizer's 100 languages
+    assert tok.decode([exported[i] for i in fairseq_ids[1:-1]]) == sentence
 
-    shuffled = Dictionary()  # languages in another order: M2M100Tokenizer would number them wrongly
-    for code in ("en", "de", "fr"):
-        shuffled.add_symbol(f"__{code}__")
-    with pytest.raises(UnsupportedForM2M100, match="not in the order M2M100Tokenizer numbers them"):
-        tokenizer_layout(shuffled.symbols)
+
+def test_hf_export_with_tokenizer_renumbers_model_and_tokenizer_alike(prenorm, tmp_path):
+    from fairseq_lslo.cli.m2m100 import tokenizer_numbering
+
+    _, spm_path = train_spm(tmp_path)
+    out = export(prenorm, "en-de-tok", "--spm", spm_path)
+    assert {"vocab.json", "sentencepiece.bpe.model", "tokenizer_config.json"} <= set(os.listdir(out))
+    hf = load_hf(out)
+    task, model = prenorm["task"], prenorm["model"]
+    _, order = tokenizer_numbering(task.target_dictionary.symbols)
+    exported = torch.tensor([order.index(i) for i in range(len(task.target_dictionary))])
+    tok = require("transformers", "this test").AutoTokenizer.from_pretrained(out, src_lang="en")
+    assert hf.generation_config.forced_bos_token_id == tok.get_lang_id("de") == exported[lang_tok(task, "de")]
+    assert tok.convert_tokens_to_ids("w7") == exported[task.target_dictionary.index("w7")]
+    batch, _ = make_batch(task, ["en-de"] * 3, [4, 2, 6], [3, 5, 2], seed=9)
+    pad = task.source_dictionary.pad()
+    with torch.no_grad():
+        want = model(**batch)[0]
+        got = hf(input_ids=exported[batch["src_tokens"]], attention_mask=batch["src_tokens"].ne(pad).long(),
+                 decoder_input_ids=exported[batch["prev_output_tokens"]],
+                 decoder_attention_mask=batch["prev_output_tokens"].ne(pad).long()).logits
+    keep = batch["prev_output_tokens"].ne(pad)
+    torch.testing.assert_close(got[..., exported][keep], want[keep], rtol=0, atol=1e-4)

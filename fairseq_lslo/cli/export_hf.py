@@ -6,7 +6,8 @@ CHECKPOINT is an LSLo checkpoint (the direction's adapters are merged first, as 
 ``lslo-merge``) or a merged / plain fairseq ``transformer`` checkpoint.  The directory holds
 ``config.json``, ``generation_config.json`` (decoder start ``</s>``, the target language token
 forced first, as fairseq's ``--decoder-langtok`` does) and ``model.safetensors``; with
-``--spm`` also M2M100Tokenizer's files.  ``M2M100ForConditionalGeneration.from_pretrained``
+``--spm`` also M2M100Tokenizer's files, and the model's token ids then follow that
+tokenizer's numbering (see :func:`~fairseq_lslo.cli.m2m100.tokenizer_numbering`).  ``M2M100ForConditionalGeneration.from_pretrained``
 loads it.  Needs the ``deploy`` extra (transformers).
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ..checkpoint_io import CheckpointError, load_checkpoint
 from ..languages import LSLoConfigError
 from ..modules.spec import CONFIG_KEY
 from .m2m100 import (UnsupportedForM2M100, build_m2m100, language_token_id, optional_spm, specials_of,
-                     write_tokenizer)
+                     tokenizer_numbering, write_tokenizer)
 from .merge import DirectionMerger, config_of, plain_model_args, writable_directory
 
 
@@ -82,13 +83,14 @@ def export_direction(state: Mapping[str, Any], data: str, out: str, src: Optiona
         raise UnsupportedForM2M100(f"--data {data}: the dictionary has {len(symbols)} entries, the model's "
                                    f"embedding {model['encoder.embed_tokens.weight'].shape[0]} rows")
     forced = language_token_id(symbols, tgt, "--target-lang")
-    hf = build_m2m100(plain_model_args(cfg["model"]), model, specials_of(dictionary), forced)
+    vocab, order = tokenizer_numbering(symbols) if spm is not None else (None, None)
+    hf = build_m2m100(plain_model_args(cfg["model"]), model, specials_of(dictionary), forced, order)
     parent = writable_directory(os.path.dirname(os.path.abspath(out)), "-o/--output (its directory)")
     tmp = tempfile.mkdtemp(prefix=".tmp-", suffix=os.path.basename(out), dir=parent)
     try:
         hf.to(model["encoder.embed_tokens.weight"].dtype).save_pretrained(tmp)
         if spm is not None:
-            write_tokenizer(tmp, symbols, spm, src, tgt)
+            write_tokenizer(tmp, vocab, spm, src, tgt)
         names = sorted(os.listdir(tmp))
         replace_directory(tmp, out)
     except BaseException:

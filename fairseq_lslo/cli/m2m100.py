@@ -143,13 +143,24 @@ def m2m100_config(args: Mapping[str, Any], vocab_size: int, specials: Mapping[st
 
 
 def build_m2m100(args: Mapping[str, Any], model: Mapping[str, torch.Tensor], specials: Mapping[str, int],
-                 forced_bos_token_id: int, max_length: int = 200):
-    """An ``M2M100ForConditionalGeneration`` holding the fairseq transformer ``model`` (eval mode, float32)."""
+                 forced_bos_token_id: int, order: Optional[Sequence[Optional[int]]] = None, max_length: int = 200):
+    """An ``M2M100ForConditionalGeneration`` holding the fairseq transformer ``model`` (eval mode, float32).
+
+    ``order`` (from :func:`tokenizer_numbering`) renumbers the vocabulary: exported id n is
+    fairseq id ``order[n]``; ``None`` entries get zero embeddings and are never generated.
+    ``specials`` and ``forced_bos_token_id`` are given in fairseq ids.
+    """
     problems = unsupported(args)
     if problems:
         raise UnsupportedForM2M100("the model cannot be expressed as M2M-100: " + "; ".join(problems))
     transformers = require("transformers", "the Hugging Face export")
     weights = m2m100_state(model)
+    fairseq_ids = list(range(weights[HF_SHARED].shape[0])) if order is None else list(order)
+    if order is not None:
+        weights[HF_SHARED] = renumber(weights[HF_SHARED], fairseq_ids)
+    specials = {k: fairseq_ids.index(v) for k, v in specials.items()}
+    forced_bos_token_id = fairseq_ids.index(forced_bos_token_id)
+    never = [specials["pad"]] + [n for n, i in enumerate(fairseq_ids) if i is None]
     config = transformers.M2M100Config(**m2m100_config(args, weights[HF_SHARED].shape[0], specials))
     hf = transformers.M2M100ForConditionalGeneration(config)
     expected = set(hf.state_dict()) - set(HF_TIED)
@@ -167,49 +178,54 @@ def build_m2m100(args: Mapping[str, Any], model: Mapping[str, torch.Tensor], spe
     hf.generation_config = transformers.GenerationConfig(
         decoder_start_token_id=specials["eos"], bos_token_id=specials["bos"], eos_token_id=specials["eos"],
         pad_token_id=specials["pad"], forced_bos_token_id=forced_bos_token_id,
-        suppress_tokens=[specials["pad"]],  # fairseq's generator never emits <pad>
+        suppress_tokens=never,  # fairseq's generator never emits <pad>; ids without a symbol neither
         max_length=max_length,
     )
     return hf.eval()
 
 
-def tokenizer_layout(symbols: Sequence[str]) -> Tuple[str, Dict[str, int]]:
-    """(M2M100Tokenizer ``language_codes``, vocab.json) for a fairseq dictionary, or why it cannot be.
+def is_language_token(symbol: str) -> bool:
+    return re.fullmatch(r"__[^_\s]+(?:_[^_\s]+)*__", symbol) is not None
 
-    M2M100Tokenizer numbers the language tokens itself: ``__xx__`` of its i-th built-in code
-    gets id ``len(vocab.json) + i``.  The dictionary must therefore hold its words first and
-    then language tokens in exactly that built-in order (a prefix of the list will do).
+
+def tokenizer_numbering(symbols: Sequence[str]) -> Tuple[Dict[str, int], List[Optional[int]]]:
+    """(vocab.json, the fairseq id behind each exported id) for M2M100Tokenizer's numbering.
+
+    M2M100Tokenizer numbers the language tokens itself: ``__xx__`` of the i-th language of its
+    built-in M2M-100 list gets id ``len(vocab.json) + i``, whatever the dictionary says.  The
+    exported model therefore follows that numbering: the dictionary's other symbols keep their
+    order (ids 0..W-1), then one id per language of the list (``None`` where the model has no
+    such language), then the model's languages the list lacks, in dictionary order.
     """
     tokenization = require("transformers.models.m2m_100.tokenization_m2m_100", "the tokenizer export")
-    is_lang = [bool(re.fullmatch(r"__[^_\s]+(?:_[^_\s]+)*__", s)) for s in symbols]
-    if not any(is_lang):
+    words = [i for i, s in enumerate(symbols) if not is_language_token(s)]
+    langs = {s: i for i, s in enumerate(symbols) if is_language_token(s)}
+    if not langs:
         raise UnsupportedForM2M100("the dictionary has no language tokens (__xx__)")
-    first = is_lang.index(True)
-    langs = [s for s, lang in zip(symbols, is_lang) if lang]
-    tail = symbols[first: first + len(langs)]
-    if tail != langs:
-        raise UnsupportedForM2M100("the dictionary's language tokens are not contiguous after its words")
-    for name, codes in tokenization.FAIRSEQ_LANGUAGE_CODES.items():
-        if langs == [language_token(c) for c in codes[: len(langs)]]:
-            return name, {s: i for i, s in enumerate(symbols[:first])}
-    raise UnsupportedForM2M100(
-        f"the dictionary's language tokens ({' '.join(langs[:6])}{' ...' if len(langs) > 6 else ''}) are not "
-        f"in the order M2M100Tokenizer numbers them (its 'm2m100' or 'wmt21' language list); write the model "
-        f"without --spm and tokenize with SentencePiece + the fairseq dictionary"
-    )
+    order: List[Optional[int]] = list(words)
+    order += [langs.pop(language_token(code), None) for code in tokenization.FAIRSEQ_LANGUAGE_CODES["m2m100"]]
+    order += sorted(langs.values())
+    return {symbols[i]: n for n, i in enumerate(words)}, order
 
 
-def write_tokenizer(out_dir: str, symbols: Sequence[str], spm_model: str, src: str, tgt: str) -> List[str]:
+def renumber(weight: torch.Tensor, order: Sequence[Optional[int]]) -> torch.Tensor:
+    """Rows of ``weight`` in the exported numbering; zeros for ids with no fairseq symbol."""
+    index = torch.tensor([i if i is not None else 0 for i in order])
+    out = weight[index].clone()
+    out[torch.tensor([i is None for i in order])] = 0
+    return out
+
+
+def write_tokenizer(out_dir: str, vocab: Mapping[str, int], spm_model: str, src: str, tgt: str) -> List[str]:
     """M2M100Tokenizer files (vocab.json, sentencepiece.bpe.model, tokenizer_config.json) in ``out_dir``."""
     optional_spm(spm_model)
-    codes, vocab = tokenizer_layout(symbols)
     tokenization = require("transformers.models.m2m_100.tokenization_m2m_100", "the tokenizer export")
     vocab_file = os.path.join(out_dir, "vocab.json")
     with open(vocab_file, "w", encoding="utf-8") as f:
-        json.dump(vocab, f, ensure_ascii=False, indent=0)
+        json.dump(dict(vocab), f, ensure_ascii=False, indent=0)
     spm_file = os.path.join(out_dir, "sentencepiece.bpe.model")
     shutil.copyfile(spm_model, spm_file)
-    tokenizer = tokenization.M2M100Tokenizer(vocab_file, spm_file, src_lang=src, tgt_lang=tgt, language_codes=codes)
+    tokenizer = tokenization.M2M100Tokenizer(vocab_file, spm_file, src_lang=src, tgt_lang=tgt, language_codes="m2m100")
     return list(tokenizer.save_pretrained(out_dir))
 
 
