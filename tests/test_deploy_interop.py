@@ -271,3 +271,36 @@ def test_hf_export_with_tokenizer_renumbers_model_and_tokenizer_alike(prenorm, t
                  decoder_attention_mask=batch["prev_output_tokens"].ne(pad).long()).logits
     keep = batch["prev_output_tokens"].ne(pad)
     torch.testing.assert_close(got[..., exported][keep], want[keep], rtol=0, atol=1e-4)
+
+
+def test_configurations_m2m100_cannot_express_are_named():
+    from fairseq_lslo.cli.m2m100 import unsupported
+
+    ok = dict(encoder_normalize_before=True, decoder_normalize_before=True, encoder_embed_dim=16,
+              decoder_embed_dim=16, decoder_input_dim=16, decoder_output_dim=16, activation_fn="relu")
+    assert unsupported(ok) == []
+    cases = {
+        "decoder_normalize_before": (False, "post-norm decoder"),
+        "encoder_learned_pos": (True, "learned encoder positions"),
+        "layernorm_embedding": (True, "an embedding layer norm (--layernorm-embedding)"),
+        "no_decoder_final_norm": (True, "no final decoder layer norm"),
+        "decoder_output_dim": (32, "embedding dimensions differ"),
+        "activation_fn": ("relu_squared", "--activation-fn relu_squared"),
+    }
+    for key, (value, message) in cases.items():
+        problems = unsupported(dict(ok, **{key: value}))
+        assert len(problems) == 1 and message in problems[0], (key, problems)
+
+
+def test_unshared_embeddings_and_unknown_parameters_are_refused():
+    from fairseq_lslo.cli.m2m100 import UnsupportedForM2M100, m2m100_state
+
+    emb = torch.randn(10, 4)
+    state = {"encoder.embed_tokens.weight": emb, "decoder.embed_tokens.weight": emb.clone(),
+             "decoder.output_projection.weight": emb.clone(), "encoder.layer_norm.weight": torch.ones(4),
+             "encoder.version": torch.tensor([3.0])}
+    assert sorted(m2m100_state(state)) == ["model.encoder.layer_norm.weight", "model.shared.weight"]
+    with pytest.raises(UnsupportedForM2M100, match="decoder.output_projection.weight differs.*share-all-embeddings"):
+        m2m100_state(dict(state, **{"decoder.output_projection.weight": emb + 1}))
+    with pytest.raises(UnsupportedForM2M100, match="no M2M-100 counterpart: encoder.layernorm_embedding.weight"):
+        m2m100_state(dict(state, **{"encoder.layernorm_embedding.weight": torch.ones(4)}))
