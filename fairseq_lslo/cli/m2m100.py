@@ -143,7 +143,7 @@ def m2m100_config(args: Mapping[str, Any], vocab_size: int, specials: Mapping[st
 
 
 def build_m2m100(args: Mapping[str, Any], model: Mapping[str, torch.Tensor], specials: Mapping[str, int],
-                 forced_bos_token_id: int, order: Optional[Sequence[Optional[int]]] = None, max_length: int = 200):
+                 forced_bos_token_id: int, order: Optional[Sequence[Optional[int]]] = None, max_new_tokens: int = 200):
     """An ``M2M100ForConditionalGeneration`` holding the fairseq transformer ``model`` (eval mode, float32).
 
     ``order`` (from :func:`tokenizer_numbering`) renumbers the vocabulary: exported id n is
@@ -179,7 +179,7 @@ def build_m2m100(args: Mapping[str, Any], model: Mapping[str, torch.Tensor], spe
         decoder_start_token_id=specials["eos"], bos_token_id=specials["bos"], eos_token_id=specials["eos"],
         pad_token_id=specials["pad"], forced_bos_token_id=forced_bos_token_id,
         suppress_tokens=never,  # fairseq's generator never emits <pad>; ids without a symbol neither
-        max_length=max_length,
+        max_new_tokens=max_new_tokens,  # fairseq-generate's default length limit (--max-len-b 200)
     )
     return hf.eval()
 
