@@ -19,7 +19,7 @@ help:
 	@echo "make demo     run the main job on the embedded synthetic benchmark (CPU, minutes; DEMO=tiny|default)"
 	@echo "make test     run the test suite (installs first if needed)"
 	@echo "make install  create $(VENV) with torch, fairseq and this package (editable)"
-	@echo "make bench    speed/memory benchmarks -> results/bench/bench.json"
+	@echo "make bench    speed/memory benchmarks -> results/bench/bench.json, deploy_speed.json"
 	@echo "make soak     2,000-update CPU run with pruning: NaN and memory check -> results/bench/soak.json"
 	@echo "make flores12 FLORES-101 download -> prepare -> train -> evaluate (METHOD=, DRY_RUN=1, SLURM=1; see README)"
 
