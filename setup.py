@@ -26,13 +26,18 @@ setup(
         "safetensors",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        "test": ["pytest"],
+        # deployment interop (lslo-export-hf, the CTranslate2 tests); the plugin never imports these
+        "deploy": ["ctranslate2>=4.0", "transformers>=4.40", "safetensors", "sentencepiece"],
+    },
     entry_points={
         "console_scripts": [
             "lslo-stats=fairseq_lslo.cli.stats:main",
             "lslo-merge=fairseq_lslo.cli.merge:main",
             "lslo-export=fairseq_lslo.cli.export:main",
             "lslo-arch=fairseq_lslo.cli.arch:main",
+            "lslo-export-hf=fairseq_lslo.cli.export_hf:main",
         ]
     },
 )

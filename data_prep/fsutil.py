@@ -21,6 +21,13 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _default_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_text(path: str, text: str) -> None:
     """Write to a temporary name in the same directory, fsync, then rename over ``path``."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -31,6 +38,7 @@ def atomic_write_text(path: str, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _default_file_mode())  # mkstemp makes 0600; a plain open() would not
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

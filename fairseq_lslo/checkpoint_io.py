@@ -155,7 +155,15 @@ def atomic_torch_save(obj: Any, path: str) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def _default_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: str, write) -> None:
+    """Call ``write(f)`` on a temporary file next to ``path``, fsync, then rename it into place."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
@@ -164,6 +172,7 @@ def atomic_write(path: str, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _default_file_mode())  # mkstemp makes 0600; a plain open() would not
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

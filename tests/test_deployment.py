@@ -97,9 +97,12 @@ def test_merged_checkpoint_gives_the_same_hypotheses_without_user_dir(models):
     proc = run([sys.executable, "-m", "fairseq_lslo.cli.merge", models["lslo"], "--source-lang", "en",
                 "--target-lang", "de", "-o", out])
     assert "en->de" in proc.stdout
-    merged = torch.load(out, weights_only=True)  # plain types only: fairseq loads it without the plugin
+    merged = torch.load(out, weights_only=True)  # no allow-list needed: fairseq loads it without the plugin
     assert not any("lslo" in k for k in merged["model"])
-    assert merged["cfg"]["model"]["arch"] == "transformer"
+    assert merged["args"] is None  # fairseq's own layout: the configuration in cfg ...
+    model_cfg = merged["cfg"]["model"]  # ... whose model section reads as a dict and by attribute
+    assert model_cfg["arch"] == model_cfg.arch == "transformer" and model_cfg.encoder_embed_dim == 32
+    assert (model_cfg.source_lang, model_cfg.target_lang) == ("en", "de")
     assert not any(k.startswith("lslo_") for k in merged["cfg"]["model"])
     base = load_checkpoint(models["base"])["model"]
     changed = [k for k in base if not torch.equal(base[k], merged["model"][k])]
@@ -121,6 +124,56 @@ def test_merge_rejects_unknown_language(models, capsys):
     assert main([models["lslo"], "-s", "en", "-t", "xx", "-o", str(models["root"] / "bad.pt")]) == 2
     assert "--target-lang 'xx' is not a language of this checkpoint" in capsys.readouterr().err
     assert not os.path.exists(models["root"] / "bad.pt")
+
+
+def test_all_directions_reads_the_checkpoint_once_and_writes_each_direction(models, tmp_path, monkeypatch):
+    from fairseq_lslo.cli import merge
+
+    loads = []
+    real_load = merge.load_checkpoint
+    monkeypatch.setattr(merge, "load_checkpoint", lambda path: loads.append(path) or real_load(path))
+    out = tmp_path / "merged"
+    assert merge.main([models["lslo"], "--all-directions", "-o", str(out)]) == 0
+    assert loads == [models["lslo"]]
+    assert sorted(os.listdir(out)) == sorted(f"{p}.pt" for p in PAIRS)  # the checkpoint's --lang-pairs
+    state = load_checkpoint(models["lslo"])
+    for pair in ("en-de", "de-fr"):
+        src, tgt = pair.split("-")
+        written = torch.load(str(out / f"{pair}.pt"), weights_only=True)
+        expected = merge.plain_checkpoint(state, src, tgt)
+        assert written["model"].keys() == expected["model"].keys()
+        assert all(torch.equal(written["model"][k], v) for k, v in expected["model"].items())
+        assert written["lslo_merged"] == {"source_lang": src, "target_lang": tgt}
+    en_de, de_fr = (torch.load(str(out / f"{p}.pt"), weights_only=True)["model"] for p in ("en-de", "de-fr"))
+    assert not torch.equal(en_de["encoder.layers.0.fc1.weight"], de_fr["encoder.layers.0.fc1.weight"])
+
+    # --directions picks some; one unknown direction -> nothing written at all, the error names it
+    some = tmp_path / "some"
+    assert merge.main([models["lslo"], "--all-directions", "--directions", "fr-en", "-o", str(some)]) == 0
+    assert os.listdir(some) == ["fr-en.pt"]
+    bad = tmp_path / "bad"
+    assert merge.main([models["lslo"], "--all-directions", "--directions", "en-de,en-xx", "-o", str(bad)]) == 2
+    assert not bad.exists() or not os.listdir(bad)
+
+
+def test_merge_bad_output_names_it_and_keeps_what_exists(models, tmp_path, capsys):
+    from fairseq_lslo.cli.merge import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    assert main([models["lslo"], "-s", "en", "-t", "de", "-o", str(blocker / "en-de.pt")]) == 2
+    assert f"-o/--output (its directory) {blocker}: exists and is not a directory" in capsys.readouterr().err
+    assert main([models["lslo"], "--all-directions", "-o", str(blocker)]) == 2
+    assert f"-o/--output {blocker}: exists and is not a directory" in capsys.readouterr().err
+    assert blocker.read_text() == "not a directory"
+    existing = tmp_path / "en-de.pt"
+    existing.write_bytes(b"an earlier merge")
+    assert main([models["lslo"], "-s", "en", "-t", "xx", "-o", str(existing)]) == 2
+    assert "direction en-xx" in capsys.readouterr().err
+    assert existing.read_bytes() == b"an earlier merge"
+    with pytest.raises(SystemExit):  # half a direction is a usage error
+        main([models["lslo"], "-s", "en", "-o", str(existing)])
+    assert "give either --source-lang and --target-lang, or --all-directions" in capsys.readouterr().err
 
 
 def test_export_import_round_trip_gives_identical_outputs(models):
