@@ -18,6 +18,7 @@ import sys
 from typing import Dict, List, Optional
 
 from .fsutil import atomic_write_text
+from .hypotheses import check_same_model, model_identity
 from .langsets import DataPrepError, LangRow, directions, read_langset
 
 
@@ -68,6 +69,28 @@ class Scorer:
     def chrfpp(self, hyps: List[str], refs: List[str]) -> float:
         return self.sacrebleu.corpus_chrf(hyps, [refs], word_order=2).score
 
+    def check(self) -> None:
+        """Fail now, not after hours of decoding, if spBLEU cannot be computed (e.g. no download possible)."""
+        self.spbleu(["a b"], ["a b"])
+
+
+def reference_path(raw: str, split: str, tgt: str) -> str:
+    return os.path.join(raw, f"{split}.{tgt}")
+
+
+def check_directions(data: str, raw: str, pairs: List[str], split: str = "test") -> Dict[str, str]:
+    """Every direction uses languages of ``data/langs.tsv`` and has its references; returns the groups."""
+    langs = read_langset(os.path.join(data, "langs.tsv"))
+    group = {r.code: r.group for r in langs}
+    for pair in pairs:
+        src, _, tgt = pair.partition("-")
+        if src not in group or tgt not in group:
+            raise DataPrepError(f"direction {pair!r} uses a language outside {data}/langs.tsv")
+        ref = reference_path(raw, split, tgt)
+        if not os.path.isfile(ref):
+            raise DataPrepError(f"{ref} is missing: no references for direction {pair}")
+    return group
+
 
 def group_table(rows: List[dict], groups: List[str], metric: str) -> List[str]:
     """Markdown table: mean ``metric`` per source group (rows) x target group (columns), plus 'all'."""
@@ -115,20 +138,22 @@ def heatmap(rows: List[dict], langs: List[LangRow], path: str) -> None:
 
 
 def score(data: str, raw: str, gen_dir: str, out_dir: str, spm_model: Optional[str], pairs: Optional[List[str]],
-          split: str = "test") -> List[dict]:
+          split: str = "test", expect: Optional[dict] = None) -> List[dict]:
+    """Score every direction and write the tables; ``expect``: the model identity every hypothesis file
+    must record (see data_prep.hypotheses).  Everything is checked before anything is written."""
     langs = read_langset(os.path.join(data, "langs.tsv"))
-    group = {r.code: r.group for r in langs}
     wanted = pairs or directions(langs)
+    group = check_directions(data, raw, wanted, split)
     scorer = Scorer(spm_model)
-    rows = []
-    for pair in wanted:
-        src, tgt = pair.split("-")
-        if src not in group or tgt not in group:
-            raise DataPrepError(f"EVAL_PAIRS: direction {pair!r} uses a language outside {data}/langs.tsv")
-        gen = os.path.join(gen_dir, f"{pair}.gen")
+    gens = [os.path.join(gen_dir, f"{pair}.gen") for pair in wanted]
+    for pair, gen in zip(wanted, gens):
         if not os.path.isfile(gen):
             raise DataPrepError(f"{gen} is missing: direction {pair} was not decoded")
-        refs = open(os.path.join(raw, f"{split}.{tgt}"), encoding="utf-8").read().splitlines()
+    check_same_model(gens, expect)
+    rows = []
+    for pair, gen in zip(wanted, gens):
+        src, tgt = pair.split("-")
+        refs = open(reference_path(raw, split, tgt), encoding="utf-8").read().splitlines()
         hyps = read_hypotheses(gen)
         if len(hyps) != len(refs):
             raise DataPrepError(f"{gen}: {len(hyps)} hypotheses for {len(refs)} references")
@@ -163,9 +188,14 @@ def main(argv=None) -> int:
                         "flores101 model, which needs a download")
     p.add_argument("--pairs", default=None, help="comma-separated directions (default: all of langs.tsv)")
     p.add_argument("--split", default="test", help="reference split in --raw (default: test)")
+    p.add_argument("--checkpoint", default=None,
+                   help="refuse hypothesis files not recorded as decoded from this checkpoint (by content)")
+    p.add_argument("--adapters", default=None, help="with --checkpoint: the --lslo-adapters file it was decoded with")
     a = p.parse_args(argv)
     try:
-        rows = score(a.data, a.raw, a.gen_dir, a.out_dir, a.spm_model, a.pairs.split(",") if a.pairs else None, a.split)
+        expect = model_identity({"checkpoint": a.checkpoint, "adapters": a.adapters}) if a.checkpoint else None
+        rows = score(a.data, a.raw, a.gen_dir, a.out_dir, a.spm_model, a.pairs.split(",") if a.pairs else None, a.split,
+                     expect)
     except DataPrepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
