@@ -7,17 +7,21 @@ and the plain references ``RAW/test.{tgt}``.  spBLEU uses sacrebleu's ``flores10
 whose SentencePiece model sacrebleu downloads on first use; with ``--spm-model FILE`` (no
 network) hypotheses and references are instead encoded with that local model and scored with
 ``--tokenize none``.  Writes ``scores.tsv`` (one row per direction), ``scores.md`` (averages
-by source group x target group) and ``heatmap.png`` (N x N spBLEU).
+by source group x target group) and ``heatmap.png`` (N x N spBLEU).  Hypothesis files recorded
+by lslo-evaluate must all come from one model (``--checkpoint``: that one).  A direction scored
+before from the same hypothesis, reference and tokenizer files (by sha256) is not scored again
+(``scores.cache.json``).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
 from typing import Dict, List, Optional
 
-from .fsutil import atomic_write_text
+from .fsutil import atomic_write_text, sha256_file
 from .hypotheses import check_same_model, model_identity
 from .langsets import DataPrepError, LangRow, directions, read_langset
 
@@ -72,6 +76,15 @@ class Scorer:
     def check(self) -> None:
         """Fail now, not after hours of decoding, if spBLEU cannot be computed (e.g. no download possible)."""
         self.spbleu(["a b"], ["a b"])
+
+
+def read_cache(path: str) -> Dict[str, dict]:
+    """Per-direction scores of earlier runs, keyed by the sha256 of the files they came from."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
 
 
 def reference_path(raw: str, split: str, tgt: str) -> str:
@@ -150,16 +163,26 @@ def score(data: str, raw: str, gen_dir: str, out_dir: str, spm_model: Optional[s
         if not os.path.isfile(gen):
             raise DataPrepError(f"{gen} is missing: direction {pair} was not decoded")
     check_same_model(gens, expect)
+    cache_path = os.path.join(out_dir, "scores.cache.json")
+    cache = read_cache(cache_path)
+    tokenizer_id = f"spm:{sha256_file(spm_model)}" if spm_model else "sacrebleu:flores101"
     rows = []
     for pair, gen in zip(wanted, gens):
         src, tgt = pair.split("-")
-        refs = open(reference_path(raw, split, tgt), encoding="utf-8").read().splitlines()
-        hyps = read_hypotheses(gen)
-        if len(hyps) != len(refs):
-            raise DataPrepError(f"{gen}: {len(hyps)} hypotheses for {len(refs)} references")
-        rows.append({"src": src, "tgt": tgt, "src_group": group[src], "tgt_group": group[tgt],
-                     "spBLEU": scorer.spbleu(hyps, refs), "chrF++": scorer.chrfpp(hyps, refs), "sentences": len(refs)})
+        key = {"gen": sha256_file(gen), "ref": sha256_file(reference_path(raw, split, tgt)), "tokenizer": tokenizer_id}
+        cached = cache.get(pair)
+        if cached is not None and cached.get("key") == key:  # scored before from exactly these files
+            metrics = cached["metrics"]
+        else:
+            refs = open(reference_path(raw, split, tgt), encoding="utf-8").read().splitlines()
+            hyps = read_hypotheses(gen)
+            if len(hyps) != len(refs):
+                raise DataPrepError(f"{gen}: {len(hyps)} hypotheses for {len(refs)} references")
+            metrics = {"spBLEU": scorer.spbleu(hyps, refs), "chrF++": scorer.chrfpp(hyps, refs), "sentences": len(refs)}
+            cache[pair] = {"key": key, "metrics": metrics}
+        rows.append({"src": src, "tgt": tgt, "src_group": group[src], "tgt_group": group[tgt], **metrics})
     os.makedirs(out_dir, exist_ok=True)
+    atomic_write_text(cache_path, json.dumps(cache, indent=0, sort_keys=True) + "\n")
     tsv = ["src\ttgt\tsrc_group\ttgt_group\tspBLEU\tchrF++\tsentences"]
     tsv += [f"{r['src']}\t{r['tgt']}\t{r['src_group']}\t{r['tgt_group']}\t{r['spBLEU']:.2f}\t{r['chrF++']:.2f}\t{r['sentences']}"
             for r in rows]

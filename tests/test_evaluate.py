@@ -137,16 +137,65 @@ def test_shards_resume_and_refuse_another_checkpoint(setup):
     assert (out / "gen" / "en-fr.gen").read_text() == gen and (out / "scores.tsv").read_text() == table
 
 
-def test_bad_input_names_direction_and_file(setup, tmp_path):
-    proc = evaluate(setup["data"], tmp_path, "--path", setup["lslo"], "--directions", "en-xx", expect_ok=False)
-    assert "--directions: en-xx is not one of --lang-pairs" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "fairseq_lslo.cli.evaluate", setup["data"], *TASK[:2], "--lang-pairs",
-                           "en-fr,en-it", "--encoder-langtok", "src", "--decoder-langtok", *GEN, "--path",
-                           setup["lslo"], "--out-dir", str(tmp_path), "--no-score"],
-                          capture_output=True, text=True, env=cli_env(), cwd=ROOT)
-    assert proc.returncode == 2 and "direction en-it: 'it' is not a language of" in proc.stderr, proc.stderr[-2000:]
+def test_bad_input_names_direction_and_file(setup, tmp_path, capsys):
+    from fairseq_lslo.cli.evaluate import main
+
+    def err(*argv):
+        assert main([setup["data"], *argv, *GEN, "--path", setup["lslo"], "--out-dir", str(tmp_path)]) == 2
+        return capsys.readouterr().err
+
+    assert "--directions: en-xx is not one of --lang-pairs" in err(*TASK, "--directions", "en-xx")
+    text = err(*TASK[:2], "--lang-pairs", "en-fr,en-it", "--encoder-langtok", "src", "--decoder-langtok", "--no-score")
+    assert "direction en-it: 'it' is not a language of" in text and "checkpoint_best.pt (en, fr, de)" in text
     missing = str(tmp_path / "nope.model")
-    proc = evaluate(setup["data"], tmp_path, "--path", setup["lslo"], "--raw", setup["raw"], "--spm-model", missing,
-                    expect_ok=False)
-    assert f"--spm-model: {missing} does not exist" in proc.stderr
-    assert not (tmp_path / "gen").exists()  # checked before any decoding
+    assert f"--spm-model: {missing} does not exist" in err(*TASK, "--raw", setup["raw"], "--spm-model", missing)
+    assert "no references for direction" in err(*TASK, "--raw", str(tmp_path), "--spm-model", setup["spm"])
+    assert not (tmp_path / "gen").exists()  # all checked before any decoding
+
+
+def test_batches_finish_directions_one_after_another():
+    """Mixed batches only where a direction ends; lengths sorted; --max-tokens respected."""
+    from fairseq_lslo.cli.eval_decode import Direction, plan_batches
+
+    class Data:
+        def __init__(self, lengths):
+            self.lengths = lengths
+
+        def __len__(self):
+            return len(self.lengths)
+
+        def num_tokens(self, i):
+            return self.lengths[i]
+
+        def size(self, i):
+            return self.lengths[i], self.lengths[i]
+
+    lengths = [[5, 9, 3, 7, 4, 8], [6, 2, 9, 9, 5], [4, 4, 10, 1]]
+    directions = [Direction(f"d{k}", Data(x), 0) for k, x in enumerate(lengths)]
+    batches = plan_batches(directions, 20, None, (1024, 1024))
+    flat = [item for batch in batches for item in batch]
+    assert sorted(flat) == [(k, i) for k, x in enumerate(lengths) for i in range(len(x))]
+    assert [k for k, _ in flat] == sorted(k for k, _ in flat)  # one direction after another
+    for k, x in enumerate(lengths):  # ascending, then descending, then ascending
+        seq = [x[i] for d, i in flat if d == k]
+        assert seq == (sorted(seq) if k % 2 == 0 else sorted(seq, reverse=True))
+    assert any(len({k for k, _ in batch}) == 2 for batch in batches)  # a batch across a boundary
+    assert all(len(b) * max(lengths[k][i] for k, i in b) <= 20 for b in batches)
+    with pytest.raises(ValueError, match="direction d2: sentence 2 has 10 tokens, more than --max-tokens 9"):
+        plan_batches(directions[2:], 9, None, (1024, 1024))
+
+
+def test_progress_is_plain_text_without_a_terminal():
+    import io
+
+    from fairseq_lslo.cli.eval_decode import Progress
+
+    stream = io.StringIO()
+    progress = Progress(40, stream, interval=0.0)
+    progress.update(10, "en-fr")
+    progress.message("en-fr: 10 sentences done")
+    progress.update(30)
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue() and "10/40 sentences (25.0%)" in lines[0] and "ETA" in lines[0]
+    assert lines[1] == "en-fr: 10 sentences done" and "40/40 sentences (100.0%)" in lines[-1]

@@ -51,11 +51,15 @@ def test_scores_group_table_and_heatmap(tmp_path):
     assert "| **all** | 100.00 (3) |" in spbleu
     assert (out / "heatmap.png").stat().st_size > 1000
 
+    table = (out / "scores.tsv").read_text()
     (gen / "en-fr.gen").write_text("D-0\t-1\tonly one\n")
-    r = subprocess.run([sys.executable, "-m", "data_prep.score", "--data", str(data), "--raw", str(raw),
-                        "--gen-dir", str(gen), "--out-dir", str(out), "--spm-model", str(tmp_path / "sp.model"),
-                        "--pairs", "en-fr,fr-wo"], cwd=REPO, capture_output=True, text=True)
-    assert r.returncode == 2 and "1 hypotheses for 4 references" in r.stderr
+    base = [sys.executable, "-m", "data_prep.score", "--data", str(data), "--raw", str(raw), "--gen-dir", str(gen),
+            "--out-dir", str(out), "--spm-model", str(tmp_path / "sp.model"), "--pairs"]
+    r = subprocess.run(base + ["en-fr,fr-wo"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "fr-wo.gen is missing: direction fr-wo was not decoded" in r.stderr
+    r = subprocess.run(base + ["en-fr"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "1 hypotheses for 4 references" in r.stderr  # a changed file is scored again
+    assert (out / "scores.tsv").read_text() == table  # nothing already scored was overwritten
 
 
 def test_hypotheses_with_a_gap_are_an_error_not_empty_strings(tmp_path):

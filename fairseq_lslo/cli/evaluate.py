@@ -157,6 +157,7 @@ def build(cfg, args, overrides: dict, pairs: List[str]):
     state = checkpoint_utils.load_checkpoint_to_cpu(args.path, overrides)
     check_languages(state, args, pairs)
     task = tasks.setup_task(cfg.task)
+    task.training = False  # without -s/-t the multilingual task believes it trains (and wants training data)
     check_language_tokens(task, pairs)
     models, _, _ = checkpoint_utils.load_model_ensemble_and_task([args.path], arg_overrides=overrides, task=task,
                                                                  state=state)
