@@ -433,7 +433,7 @@ def run(device: torch.device, quick: bool, evaluate_only: bool = False) -> dict:
         "format": "lslo-bench/1",
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "device": device_name(device),
-        "clock": clock.name,
+        "clock": clock.name if not evaluate_only else results["evaluate_seconds"]["clock"],
         "torch": torch.__version__,
         "command": " ".join(["python -m fairseq_lslo.bench"] + sys.argv[1:]),
         "seconds": round(time.time() - t0, 1),

@@ -131,7 +131,7 @@ def bench_evaluate(dims: dict, langs: Sequence[str], lslo_langs: str, ranks: str
         rounds: Dict[str, List[float]] = {"one_process": [], "per_direction": []}
         walls: Dict[str, List[float]] = {"one_process": [], "per_direction": []}
         load_share: List[float] = []
-        ours_load: List[Tuple[float, float]] = []
+        ours_load: List[Dict[str, float]] = []
         same = True
         for r in range(repeats):
             def one_process():
@@ -141,7 +141,7 @@ def bench_evaluate(dims: dict, langs: Sequence[str], lslo_langs: str, ranks: str
                 cpu, wall, log = run_child(cmd, env)
                 m = OURS_RE.search(log)
                 if m:
-                    ours_load.append((float(m.group(2)), float(m.group(1))))
+                    ours_load.append({"load_s": float(m.group(2)), "decode_s": float(m.group(1))})
                 hyps = {p: hypotheses(open(os.path.join(out, "gen", f"{p}.gen"), encoding="utf-8").read())
                         for p in pairs}
                 return cpu if not gpu else wall, wall, hyps
@@ -180,8 +180,9 @@ def bench_evaluate(dims: dict, langs: Sequence[str], lslo_langs: str, ranks: str
                              Timings(rounds).round_ratios("per_direction", "one_process")},
             "evaluate_seconds": {"clock": "wall" if gpu else "children CPU time", **{k: v for k, v in rounds.items()},
                                  "wall": walls},
+            # wall-clock share of a fairseq-generate process not spent in its own "Translated ... in X s"
             "evaluate_per_process_load_share": round(statistics.median(load_share), 4),
-            "evaluate_one_process_load_and_decode_s": ours_load,
+            "evaluate_one_process_wall_s": ours_load,
             "evaluate_same_hypotheses": same,
             "evaluate_setup": f"{len(pairs)} directions x {sentences} sentences (the same in each), "
                               f"{dims['layers']}+{dims['layers']} layers, dim {dims['dim']}, vocab {dims['vocab']}, "
