@@ -33,6 +33,7 @@ setup(
             "lslo-merge=fairseq_lslo.cli.merge:main",
             "lslo-export=fairseq_lslo.cli.export:main",
             "lslo-arch=fairseq_lslo.cli.arch:main",
+            "lslo-evaluate=fairseq_lslo.cli.evaluate:main",
         ]
     },
 )

@@ -219,6 +219,9 @@ def run(args, cfg) -> int:
     if todo:
         decode_all(args, cfg, todo, all_pairs, gen_dir, model_id, settings, use_cuda)
     if not scoring:
+        if args.shard and not args.no_score:
+            print("lslo-evaluate: --shard decodes only; score once every share is done (a run without --shard, "
+                  "or python -m data_prep.score --checkpoint CKPT)", file=sys.stderr)
         return 0
     pending(gen_dir, all_pairs, model_id, settings)  # every direction of the table: decoded by this model
     score(args.data, args.raw, gen_dir, args.out_dir, args.spm_model, all_pairs, args.gen_subset, model_id)
