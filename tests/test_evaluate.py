@@ -1,6 +1,8 @@
 """lslo-evaluate: one model load for many directions gives fairseq-generate's hypotheses; resume, provenance."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -14,12 +16,21 @@ DIRECTIONS = ["en-fr", "de-en", "fr-de", "en-de"]
 GEN = ["--gen-subset", "test", "--beam", "3", "--max-len-b", "12", "--cpu"]
 
 
-def evaluate(data, out, *extra, expect_ok=True):
-    cmd = [sys.executable, "-m", "fairseq_lslo.cli.evaluate", data, *TASK, *GEN, "--out-dir", str(out),
-           "--directions", ",".join(DIRECTIONS), *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), cwd=ROOT)
-    assert (proc.returncode == 0) == expect_ok, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+def evaluate(data, out, *extra, expect_ok=True, subprocess_run=False):
+    """lslo-evaluate as a command (subprocess_run) or in this process (no start-up cost): its stderr."""
+    argv = [data, *TASK, *GEN, "--out-dir", str(out), "--directions", ",".join(DIRECTIONS), *extra]
+    if subprocess_run:
+        proc = subprocess.run([sys.executable, "-m", "fairseq_lslo.cli.evaluate", *argv], capture_output=True,
+                              text=True, env=cli_env(), cwd=ROOT)
+        assert (proc.returncode == 0) == expect_ok, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stderr
+    from fairseq_lslo.cli.evaluate import main
+
+    err, out_text = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out_text):
+        code = main(argv)
+    assert (code == 0) == expect_ok, out_text.getvalue()[-3000:] + err.getvalue()[-3000:]
+    return err.getvalue()
 
 
 def generate(data, path, pair, *extra):
@@ -71,9 +82,9 @@ def setup(trained, tmp_path_factory):
 def test_one_process_equals_fairseq_generate_per_direction(setup):
     out = setup["root"] / "eval"
     # batches of 5 sentences: 12 per direction, so batches mix two directions at every boundary
-    proc = evaluate(setup["data"], out, "--path", setup["lslo"], "--batch-size", "5", "--raw", setup["raw"],
-                    "--spm-model", setup["spm"])
-    assert "4 to decode" in proc.stderr and "sentences" in proc.stderr
+    err = evaluate(setup["data"], out, "--path", setup["lslo"], "--batch-size", "5", "--raw", setup["raw"],
+                   "--spm-model", setup["spm"], subprocess_run=True)
+    assert "4 to decode" in err and "sentences" in err
     for pair in DIRECTIONS:
         text = (out / "gen" / f"{pair}.gen").read_text()
         assert_same(parse_gen(text), generate(setup["data"], setup["lslo"], pair), pair)
@@ -87,9 +98,9 @@ def test_one_process_equals_fairseq_generate_per_direction(setup):
 
     # a rerun decodes nothing and leaves the hypothesis files alone
     before = {p: os.stat(out / "gen" / f"{p}.gen").st_mtime_ns for p in DIRECTIONS}
-    proc = evaluate(setup["data"], out, "--path", setup["lslo"], "--batch-size", "5", "--raw", setup["raw"],
-                    "--spm-model", setup["spm"])
-    assert "4 already decoded, 0 to decode" in proc.stderr
+    err = evaluate(setup["data"], out, "--path", setup["lslo"], "--batch-size", "5", "--raw", setup["raw"],
+                   "--spm-model", setup["spm"])
+    assert "4 already decoded, 0 to decode" in err
     assert before == {p: os.stat(out / "gen" / f"{p}.gen").st_mtime_ns for p in DIRECTIONS}
 
 
@@ -114,8 +125,8 @@ def test_shards_resume_and_refuse_another_checkpoint(setup):
     # a killed run: one direction decoded, nothing else; the rerun decodes only what is missing
     os.remove(out / "gen" / "en-de.gen")
     kept = os.stat(out / "gen" / "de-en.gen").st_mtime_ns
-    proc = evaluate(setup["data"], out, *common, "--shard", "1/2")
-    assert "1 already decoded, 1 to decode" in proc.stderr
+    err = evaluate(setup["data"], out, *common, "--shard", "1/2")
+    assert "1 already decoded, 1 to decode" in err
     assert os.stat(out / "gen" / "de-en.gen").st_mtime_ns == kept
     evaluate(setup["data"], out, *common, "--shard", "0/2")
 
@@ -131,9 +142,9 @@ def test_shards_resume_and_refuse_another_checkpoint(setup):
 
     # resuming with another checkpoint: refused, the file named, nothing overwritten
     gen = (out / "gen" / "en-fr.gen").read_text()
-    proc = evaluate(setup["data"], out, "--path", setup["base"], "--lslo-adapters", setup["adapters"],
-                    "--batch-size", "7", "--raw", setup["raw"], "--spm-model", setup["spm"], expect_ok=False)
-    assert f"{out / 'gen' / 'en-fr.gen'} was decoded by another model" in proc.stderr
+    err = evaluate(setup["data"], out, "--path", setup["base"], "--lslo-adapters", setup["adapters"],
+                   "--batch-size", "7", "--raw", setup["raw"], "--spm-model", setup["spm"], expect_ok=False)
+    assert f"{out / 'gen' / 'en-fr.gen'} was decoded by another model" in err
     assert (out / "gen" / "en-fr.gen").read_text() == gen and (out / "scores.tsv").read_text() == table
 
 
