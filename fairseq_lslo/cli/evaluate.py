@@ -34,8 +34,6 @@ from ..checkpoint_io import CheckpointError
 from ..languages import LSLoConfigError, language_token
 from .eval_decode import Direction, OutputFormat, Progress, decode, load_directions, plan_batches
 
-logger = logging.getLogger("lslo-evaluate")
-
 
 class EvaluateError(ValueError):
     """Bad input: the message names the flag, file or direction."""
