@@ -116,6 +116,12 @@ def test_base_checkpoint_with_exported_adapters(setup):
     record = json.loads((out / "gen" / "en-fr.gen.json").read_text())
     assert sorted(f["role"] for f in record["model"]["files"]) == ["adapters", "checkpoint"]
 
+    # the plain base model alone (METHOD=full evaluates a plain transformer): no routing, same prefixes
+    plain = setup["root"] / "eval-plain"
+    evaluate(setup["data"], plain, "--path", setup["base"], "--max-tokens", "60", "--no-score")
+    theirs = generate(setup["data"], setup["base"], "de-en")
+    assert_same(parse_gen((plain / "gen" / "de-en.gen").read_text()), theirs, "de-en")
+
 
 def test_shards_resume_and_refuse_another_checkpoint(setup):
     out = setup["root"] / "eval-shards"
