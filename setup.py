@@ -38,6 +38,7 @@ setup(
             "lslo-export=fairseq_lslo.cli.export:main",
             "lslo-arch=fairseq_lslo.cli.arch:main",
             "lslo-export-hf=fairseq_lslo.cli.export_hf:main",
+            "lslo-evaluate=fairseq_lslo.cli.evaluate:main",
         ]
     },
 )

@@ -7,17 +7,22 @@ and the plain references ``RAW/test.{tgt}``.  spBLEU uses sacrebleu's ``flores10
 whose SentencePiece model sacrebleu downloads on first use; with ``--spm-model FILE`` (no
 network) hypotheses and references are instead encoded with that local model and scored with
 ``--tokenize none``.  Writes ``scores.tsv`` (one row per direction), ``scores.md`` (averages
-by source group x target group) and ``heatmap.png`` (N x N spBLEU).
+by source group x target group) and ``heatmap.png`` (N x N spBLEU).  Hypothesis files recorded
+by lslo-evaluate must all come from one model (``--checkpoint``: that one).  A direction scored
+before from the same hypothesis, reference and tokenizer files (by sha256) is not scored again
+(``scores.cache.json``).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
 from typing import Dict, List, Optional
 
-from .fsutil import atomic_write_text
+from .fsutil import atomic_write_text, sha256_file
+from .hypotheses import check_same_model, model_identity
 from .langsets import DataPrepError, LangRow, directions, read_langset
 
 
@@ -68,6 +73,37 @@ class Scorer:
     def chrfpp(self, hyps: List[str], refs: List[str]) -> float:
         return self.sacrebleu.corpus_chrf(hyps, [refs], word_order=2).score
 
+    def check(self) -> None:
+        """Fail now, not after hours of decoding, if spBLEU cannot be computed (e.g. no download possible)."""
+        self.spbleu(["a b"], ["a b"])
+
+
+def read_cache(path: str) -> Dict[str, dict]:
+    """Per-direction scores of earlier runs, keyed by the sha256 of the files they came from."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def reference_path(raw: str, split: str, tgt: str) -> str:
+    return os.path.join(raw, f"{split}.{tgt}")
+
+
+def check_directions(data: str, raw: str, pairs: List[str], split: str = "test") -> Dict[str, str]:
+    """Every direction uses languages of ``data/langs.tsv`` and has its references; returns the groups."""
+    langs = read_langset(os.path.join(data, "langs.tsv"))
+    group = {r.code: r.group for r in langs}
+    for pair in pairs:
+        src, _, tgt = pair.partition("-")
+        if src not in group or tgt not in group:
+            raise DataPrepError(f"direction {pair!r} uses a language outside {data}/langs.tsv")
+        ref = reference_path(raw, split, tgt)
+        if not os.path.isfile(ref):
+            raise DataPrepError(f"{ref} is missing: no references for direction {pair}")
+    return group
+
 
 def group_table(rows: List[dict], groups: List[str], metric: str) -> List[str]:
     """Markdown table: mean ``metric`` per source group (rows) x target group (columns), plus 'all'."""
@@ -115,26 +151,38 @@ def heatmap(rows: List[dict], langs: List[LangRow], path: str) -> None:
 
 
 def score(data: str, raw: str, gen_dir: str, out_dir: str, spm_model: Optional[str], pairs: Optional[List[str]],
-          split: str = "test") -> List[dict]:
+          split: str = "test", expect: Optional[dict] = None) -> List[dict]:
+    """Score every direction and write the tables; ``expect``: the model identity every hypothesis file
+    must record (see data_prep.hypotheses).  Everything is checked before anything is written."""
     langs = read_langset(os.path.join(data, "langs.tsv"))
-    group = {r.code: r.group for r in langs}
     wanted = pairs or directions(langs)
+    group = check_directions(data, raw, wanted, split)
     scorer = Scorer(spm_model)
-    rows = []
-    for pair in wanted:
-        src, tgt = pair.split("-")
-        if src not in group or tgt not in group:
-            raise DataPrepError(f"EVAL_PAIRS: direction {pair!r} uses a language outside {data}/langs.tsv")
-        gen = os.path.join(gen_dir, f"{pair}.gen")
+    gens = [os.path.join(gen_dir, f"{pair}.gen") for pair in wanted]
+    for pair, gen in zip(wanted, gens):
         if not os.path.isfile(gen):
             raise DataPrepError(f"{gen} is missing: direction {pair} was not decoded")
-        refs = open(os.path.join(raw, f"{split}.{tgt}"), encoding="utf-8").read().splitlines()
-        hyps = read_hypotheses(gen)
-        if len(hyps) != len(refs):
-            raise DataPrepError(f"{gen}: {len(hyps)} hypotheses for {len(refs)} references")
-        rows.append({"src": src, "tgt": tgt, "src_group": group[src], "tgt_group": group[tgt],
-                     "spBLEU": scorer.spbleu(hyps, refs), "chrF++": scorer.chrfpp(hyps, refs), "sentences": len(refs)})
+    check_same_model(gens, expect)
+    cache_path = os.path.join(out_dir, "scores.cache.json")
+    cache = read_cache(cache_path)
+    tokenizer_id = f"spm:{sha256_file(spm_model)}" if spm_model else "sacrebleu:flores101"
+    rows = []
+    for pair, gen in zip(wanted, gens):
+        src, tgt = pair.split("-")
+        key = {"gen": sha256_file(gen), "ref": sha256_file(reference_path(raw, split, tgt)), "tokenizer": tokenizer_id}
+        cached = cache.get(pair)
+        if cached is not None and cached.get("key") == key:  # scored before from exactly these files
+            metrics = cached["metrics"]
+        else:
+            refs = open(reference_path(raw, split, tgt), encoding="utf-8").read().splitlines()
+            hyps = read_hypotheses(gen)
+            if len(hyps) != len(refs):
+                raise DataPrepError(f"{gen}: {len(hyps)} hypotheses for {len(refs)} references")
+            metrics = {"spBLEU": scorer.spbleu(hyps, refs), "chrF++": scorer.chrfpp(hyps, refs), "sentences": len(refs)}
+            cache[pair] = {"key": key, "metrics": metrics}
+        rows.append({"src": src, "tgt": tgt, "src_group": group[src], "tgt_group": group[tgt], **metrics})
     os.makedirs(out_dir, exist_ok=True)
+    atomic_write_text(cache_path, json.dumps(cache, indent=0, sort_keys=True) + "\n")
     tsv = ["src\ttgt\tsrc_group\ttgt_group\tspBLEU\tchrF++\tsentences"]
     tsv += [f"{r['src']}\t{r['tgt']}\t{r['src_group']}\t{r['tgt_group']}\t{r['spBLEU']:.2f}\t{r['chrF++']:.2f}\t{r['sentences']}"
             for r in rows]
@@ -163,9 +211,14 @@ def main(argv=None) -> int:
                         "flores101 model, which needs a download")
     p.add_argument("--pairs", default=None, help="comma-separated directions (default: all of langs.tsv)")
     p.add_argument("--split", default="test", help="reference split in --raw (default: test)")
+    p.add_argument("--checkpoint", default=None,
+                   help="refuse hypothesis files not recorded as decoded from this checkpoint (by content)")
+    p.add_argument("--adapters", default=None, help="with --checkpoint: the --lslo-adapters file it was decoded with")
     a = p.parse_args(argv)
     try:
-        rows = score(a.data, a.raw, a.gen_dir, a.out_dir, a.spm_model, a.pairs.split(",") if a.pairs else None, a.split)
+        expect = model_identity({"checkpoint": a.checkpoint, "adapters": a.adapters}) if a.checkpoint else None
+        rows = score(a.data, a.raw, a.gen_dir, a.out_dir, a.spm_model, a.pairs.split(",") if a.pairs else None, a.split,
+                     expect)
     except DataPrepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

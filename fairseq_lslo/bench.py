@@ -37,6 +37,7 @@ TARGETS = {  # figure -> (comparison, target)
     "optimizer_state_vs_full_ft": ("<=", 0.05),
     "generate_unmerged_vs_base": ("<=", 1.15),
     "generate_merged_vs_base": ("<=", 1.03),
+    "evaluate_one_process_vs_per_direction": (">=", 3.0),
 }
 
 
@@ -397,7 +398,14 @@ def device_name(device: torch.device) -> str:
     return f"{model or platform.processor() or 'CPU'} ({os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads)"
 
 
-def run(device: torch.device, quick: bool) -> dict:
+def load_average() -> Optional[List[float]]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def run(device: torch.device, quick: bool, evaluate_only: bool = False) -> dict:
     clock = Clock(device)
     gpu = device.type == "cuda"
     r = 2 if quick else 1
@@ -405,6 +413,7 @@ def run(device: torch.device, quick: bool) -> dict:
         dict(layers=6, dim=512, ffn=2048, heads=8, vocab=8000)
     results: dict = {}
     spread: Dict[str, List[float]] = {}
+    load_before = load_average()
 
     def collect(section: dict) -> dict:
         spread.update(section.pop("round_ratios", {}))
@@ -412,6 +421,33 @@ def run(device: torch.device, quick: bool) -> dict:
         return section
 
     t0 = time.time()
+    if not evaluate_only:
+        run_speed_figures(device, clock, r, train_dims, collect, results, t0)
+    from .bench_eval import bench_evaluate
+
+    # the generation benchmark's model and sizes, 12 directions of the 12 languages
+    collect(bench_evaluate(train_dims, [c for c, _ in LANGS], lang_codes(), rank_spec(), n_directions=12,
+                           sentences=32 if gpu else 8, beam=5, out_len=24, device=device, repeats=1 if quick else 2))
+    print(f"[bench] evaluation done ({time.time() - t0:.0f}s)", file=sys.stderr)
+    return {
+        "format": "lslo-bench/1",
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": device_name(device),
+        "clock": clock.name if not evaluate_only else results["evaluate_seconds"]["clock"],
+        "torch": torch.__version__,
+        "command": " ".join(["python -m fairseq_lslo.bench"] + sys.argv[1:]),
+        "seconds": round(time.time() - t0, 1),
+        "load_average_1_5_15_min": {"before": load_before, "after": load_average()},
+        "method": "each figure: median over interleaved repeats (rotating order) after warm-up, in one process; "
+                  "evaluate_*: child processes, see details.evaluate_setup",
+        "figures": {name: verdict(name, results[name], spread.get(name)) for name in TARGETS if name in results},
+        "details": results,
+    }
+
+
+def run_speed_figures(device, clock, r, train_dims, collect, results, t0) -> None:
+    """The in-process figures: one LSLo layer, training steps, optimizer state, beam search."""
+    gpu = device.type == "cuda"
     collect(bench_module(device, clock, repeats=max(3, 16 // r), warmup=3))
     print(f"[bench] module done ({time.time() - t0:.0f}s)", file=sys.stderr)
     train = collect(bench_training(train_dims, batch=64 if gpu else 16, length=32, device=device, clock=clock,
@@ -425,18 +461,6 @@ def run(device: torch.device, quick: bool) -> dict:
     collect(bench_generation(gen_dims, batch=32 if gpu else 8, src_len=24, out_len=24, beam=5,
                                     device=device, clock=clock, repeats=max(3, 10 // r), warmup=2))
     print(f"[bench] generation done ({time.time() - t0:.0f}s)", file=sys.stderr)
-    return {
-        "format": "lslo-bench/1",
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": device_name(device),
-        "clock": clock.name,
-        "torch": torch.__version__,
-        "command": " ".join(["python -m fairseq_lslo.bench"] + sys.argv[1:]),
-        "seconds": round(time.time() - t0, 1),
-        "method": "each figure: median over interleaved repeats (rotating order) after warm-up, in one process",
-        "figures": {name: verdict(name, results[name], spread.get(name)) for name in TARGETS},
-        "details": results,
-    }
 
 
 def table(report: dict) -> str:
@@ -456,6 +480,9 @@ def main(argv=None) -> int:
                                                 "results/bench/bench-gpu.json on cuda)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     p.add_argument("--quick", action="store_true", help="fewer repeats (smoke test)")
+    p.add_argument("--evaluate-only", action="store_true",
+                   help="only the evaluation figure (one lslo-evaluate process vs one fairseq-generate process per "
+                        "direction); default output results/bench/bench-evaluate.json")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -463,8 +490,9 @@ def main(argv=None) -> int:
         return 2
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
-    out = args.out or os.path.join("results", "bench", "bench-gpu.json" if device.type == "cuda" else "bench.json")
-    report = run(device, args.quick)
+    name = "bench-evaluate" if args.evaluate_only else "bench"
+    out = args.out or os.path.join("results", "bench", f"{name}-gpu.json" if device.type == "cuda" else f"{name}.json")
+    report = run(device, args.quick, args.evaluate_only)
     from .checkpoint_io import atomic_write
 
     atomic_write(out, lambda f: f.write((json.dumps(report, indent=2, default=str) + "\n").encode("utf-8")))

@@ -42,9 +42,9 @@ fi
 # SBATCH_ARGS go to every job (partition, account, time, ...); SBATCH_{PREPARE,TRAIN,EVAL}_ARGS to one.
 NODES=${NODES:-1}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
-EVAL_PAIRS_PER_TASK=${EVAL_PAIRS_PER_TASK:-1}
+EVAL_SHARDS=${EVAL_SHARDS:-8}  # evaluation array tasks (one GPU and one model load each)
 EVAL_ARRAY_PARALLEL=${EVAL_ARRAY_PARALLEL:-32}
-export NODES GPUS_PER_NODE EVAL_PAIRS_PER_TASK STEPS SLURM
+export NODES GPUS_PER_NODE STEPS SLURM
 [ "${DRY_RUN:-0}" = 1 ] || mkdir -p "$RUN_DIR/slurm"
 logs=(--output "$RUN_DIR/slurm/%x-%j.out")
 dep=()
@@ -71,9 +71,11 @@ fi
 if has_step evaluate; then
   EVAL_PAIRS=${EVAL_PAIRS:-$(lslo_all_pairs)}
   export EVAL_PAIRS
-  n=$(( ( $(tr ',' '\n' <<< "$EVAL_PAIRS" | grep -c .) + EVAL_PAIRS_PER_TASK - 1 ) / EVAL_PAIRS_PER_TASK ))
+  n=$(tr ',' '\n' <<< "$EVAL_PAIRS" | grep -c .)
+  EVAL_SHARDS=$(( EVAL_SHARDS < n ? EVAL_SHARDS : n ))  # task i decodes directions i, i+N, i+2N, ...
+  export EVAL_SHARDS
   # shellcheck disable=SC2086
-  submit eval --array "0-$((n - 1))%$EVAL_ARRAY_PARALLEL" --gpus-per-node 1 ${SBATCH_EVAL_ARGS:-} "$HERE/slurm/eval_array.sbatch"
+  submit eval --array "0-$((EVAL_SHARDS - 1))%$EVAL_ARRAY_PARALLEL" --gpus-per-node 1 ${SBATCH_EVAL_ARGS:-} "$HERE/slurm/eval_array.sbatch"
   # shellcheck disable=SC2086
   submit score ${SBATCH_PREPARE_ARGS:-} "$HERE/slurm/score.sbatch"
 fi

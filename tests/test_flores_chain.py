@@ -42,6 +42,8 @@ def test_make_flores12_end_to_end(tmp_path):
     assert "| **high** |" in md and "| **low** |" in md and "(1)" in md
     assert (run / "eval" / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sum(line.startswith("D-") for line in (run / "eval" / "gen" / "wo-zh.gen").read_text().splitlines()) == 8
+    record = json.loads((run / "eval" / "gen" / "wo-zh.gen.json").read_text())  # which checkpoint decoded it
+    assert record["model"]["files"][0]["path"] == str(ckpt) and record["settings"]["beam"] == 5
 
     # the checkpoint is an LSLo model over the 12 languages, and pruning removed weights
     stats = subprocess.run([sys.executable, "-m", "fairseq_lslo.cli.stats", str(ckpt), "--json"], cwd=REPO,
@@ -84,6 +86,11 @@ def test_dry_run_prints_every_command(tmp_path, method, expect):
         assert flag in train[0], (flag, train[0][:3000])
     assert "--sampling-temperature 5" in train[0] and "--label-smoothing 0.2" in train[0]
     assert "--max-tokens 4000 --update-freq 4 --max-epoch 15" in train[0]
-    assert sum("fairseq_cli.generate" in x and "--beam 5" in x for x in lines) == 870  # 30 x 29 directions
-    assert sum("data_prep.score" in x for x in lines) == 1
+    # one evaluation process (one model load) decodes and scores all 30 x 29 directions
+    (evaluate,) = [x for x in lines if "fairseq_lslo.cli.evaluate" in x]
+    assert "--beam 5" in evaluate and "--decoder-langtok" in evaluate and "--required-batch-size-multiple 1" in evaluate
+    directions = evaluate.split("--directions ")[1].split()[0].replace("\\,", ",").split(",")
+    assert len(directions) == 870 and len(set(directions)) == 870
+    assert "--raw " in evaluate and "--no-score" not in evaluate and "--shard" not in evaluate
+    assert not any("fairseq_cli.generate" in x or "data_prep.score" in x for x in lines)
     assert not root.exists()  # nothing ran

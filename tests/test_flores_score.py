@@ -51,11 +51,15 @@ def test_scores_group_table_and_heatmap(tmp_path):
     assert "| **all** | 100.00 (3) |" in spbleu
     assert (out / "heatmap.png").stat().st_size > 1000
 
+    table = (out / "scores.tsv").read_text()
     (gen / "en-fr.gen").write_text("D-0\t-1\tonly one\n")
-    r = subprocess.run([sys.executable, "-m", "data_prep.score", "--data", str(data), "--raw", str(raw),
-                        "--gen-dir", str(gen), "--out-dir", str(out), "--spm-model", str(tmp_path / "sp.model"),
-                        "--pairs", "en-fr,fr-wo"], cwd=REPO, capture_output=True, text=True)
-    assert r.returncode == 2 and "1 hypotheses for 4 references" in r.stderr
+    base = [sys.executable, "-m", "data_prep.score", "--data", str(data), "--raw", str(raw), "--gen-dir", str(gen),
+            "--out-dir", str(out), "--spm-model", str(tmp_path / "sp.model"), "--pairs"]
+    r = subprocess.run(base + ["en-fr,fr-wo"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "fr-wo.gen is missing: direction fr-wo was not decoded" in r.stderr
+    r = subprocess.run(base + ["en-fr"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "1 hypotheses for 4 references" in r.stderr  # a changed file is scored again
+    assert (out / "scores.tsv").read_text() == table  # nothing already scored was overwritten
 
 
 def test_hypotheses_with_a_gap_are_an_error_not_empty_strings(tmp_path):
@@ -70,3 +74,26 @@ def test_hypotheses_with_a_gap_are_an_error_not_empty_strings(tmp_path):
         read_hypotheses(str(gen))
     gen.write_text("".join(f"D-{i}\t-0.5\thyp {i}\n" for i in (1, 0, 2)))
     assert read_hypotheses(str(gen)) == ["hyp 0", "hyp 1", "hyp 2"]
+
+
+def test_a_rerun_reuses_the_scores_of_unchanged_directions(tmp_path, monkeypatch):
+    from data_prep import score as score_mod
+
+    data, raw, gen, out = (tmp_path / d for d in ("bin", "raw", "gen", "eval"))
+    for d in (data, raw, gen):
+        d.mkdir()
+    (data / "langs.tsv").write_text("en\teng\thigh\nfr\tfra\thigh\nwo\twol\tlow\n")
+    for lang, sents in SENTS.items():
+        (raw / f"test.{lang}").write_text("\n".join(sents) + "\n")
+    monkeypatch.setattr(score_mod, "heatmap", lambda rows, langs, path: None)
+    monkeypatch.setattr(score_mod.Scorer, "spbleu", lambda self, h, r: 11.0 * len(r))
+    gen_file(gen / "en-fr.gen", SENTS["fr"])
+    gen_file(gen / "fr-wo.gen", SENTS["wo"])
+    first = score_mod.score(str(data), str(raw), str(gen), str(out), None, ["en-fr", "fr-wo"])
+    calls = []
+    monkeypatch.setattr(score_mod.Scorer, "spbleu", lambda self, h, r: calls.append(h) or 99.0)
+    again = score_mod.score(str(data), str(raw), str(gen), str(out), None, ["en-fr", "fr-wo"])
+    assert again == first and calls == []  # nothing scored again
+    gen_file(gen / "fr-wo.gen", ["x"] * 4)  # a changed hypothesis file is scored again, alone
+    rows = score_mod.score(str(data), str(raw), str(gen), str(out), None, ["en-fr", "fr-wo"])
+    assert calls == [["x"] * 4] and [r["spBLEU"] for r in rows] == [44.0, 99.0]

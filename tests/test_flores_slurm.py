@@ -84,7 +84,7 @@ def read_args(path):
 
 def test_make_slurm_submits_dependent_jobs(fakes):
     env = {**fakes["env"], "SLURM": "1", "NODES": "2", "GPUS_PER_NODE": "4", "STEPS": "prepare,train,evaluate",
-           "SBATCH_ARGS": "--partition=gpuq --time=2:00:00", "EVAL_PAIRS_PER_TASK": "5",
+           "SBATCH_ARGS": "--partition=gpuq --time=2:00:00", "EVAL_SHARDS": "5",
            "DATA_ROOT": str(fakes["tmp"] / "root"), "LSLO_PYTHON": sys.executable}
     del env["DATA_DIR"]  # the chain derives it; evaluation pairs come from the language set (132 for lang12)
     r = subprocess.run(["make", "-s", "flores12"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
@@ -98,7 +98,7 @@ def test_make_slurm_submits_dependent_jobs(fakes):
     assert train[train.index("--nodes") + 1] == "2" and train[train.index("--ntasks-per-node") + 1] == "4"
     assert ev[-1].endswith("recipes/slurm/eval_array.sbatch")
     assert ev[ev.index("--dependency") + 1] == "afterok:102"
-    assert ev[ev.index("--array") + 1] == "0-26%32"  # ceil(132 / 5) tasks
+    assert ev[ev.index("--array") + 1] == "0-4%32"  # 5 tasks (GPUs), each one model load for ~132/5 directions
     assert score[-1].endswith("recipes/slurm/score.sbatch") and score[score.index("--dependency") + 1] == "afterok:103"
     assert not os.path.exists(log / "sbatch.105")
 
@@ -145,3 +145,33 @@ def test_sigusr1_stops_training_and_requeues(fakes):
     assert "terminated" in text  # training was stopped before the requeue
     assert "DISTRIBUTED_ARGS=--distributed-world-size 2" in text
     assert "requeueing job 77" in err
+
+
+def test_eval_array_task_decodes_its_share_and_score_job_checks_the_checkpoint(fakes):
+    env = {**fakes["env"], "SLURM_ARRAY_TASK_ID": "1", "EVAL_SHARDS": "2", "EVAL_DIR": str(fakes["tmp"] / "eval")}
+    (fakes["tmp"] / "ckpt").mkdir()
+    (fakes["tmp"] / "ckpt" / "checkpoint_best.pt").write_bytes(b"x")
+    r = subprocess.run(["bash", os.path.join(REPO, "recipes", "slurm", "eval_array.sbatch")], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    (py,) = glob.glob(str(fakes["log"] / "python.*"))
+    args = read_args(py)
+    assert args[:2] == ["-m", "fairseq_lslo.cli.evaluate"]
+    assert args[args.index("--shard") + 1] == "1/2" and "--no-score" in args
+    assert args[args.index("--lang-pairs") + 1] == "en-fr,fr-en" and args[args.index("--directions") + 1] == "en-fr,fr-en"
+    assert args[args.index("--path") + 1] == str(fakes["tmp"] / "ckpt" / "checkpoint_best.pt")
+    os.remove(py)
+
+    r = subprocess.run(["bash", os.path.join(REPO, "recipes", "slurm", "score.sbatch")], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    (py,) = glob.glob(str(fakes["log"] / "python.*"))
+    args = read_args(py)
+    assert args[:2] == ["-m", "data_prep.score"]
+    assert args[args.index("--checkpoint") + 1] == str(fakes["tmp"] / "ckpt" / "checkpoint_best.pt")
+    assert args[args.index("--gen-dir") + 1] == str(fakes["tmp"] / "eval" / "gen")
+
+    del env["EVAL_SHARDS"]
+    r = subprocess.run(["bash", os.path.join(REPO, "recipes", "slurm", "eval_array.sbatch")], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "EVAL_SHARDS" in r.stderr
