@@ -31,7 +31,8 @@ from data_prep.langsets import DataPrepError
 from data_prep.score import Scorer, check_directions, score
 
 from ..checkpoint_io import CheckpointError
-from ..languages import LSLoConfigError, language_token
+from ..langtok import lang_token
+from ..languages import LSLoConfigError
 from .eval_decode import Direction, OutputFormat, Progress, decode, load_directions, plan_batches
 
 
@@ -127,7 +128,7 @@ def check_language_tokens(task, pairs: List[str]) -> None:
     """The dictionary has every language token of ``pairs`` (a plain model's languages are its tokens)."""
     for pair in pairs:
         for code in pair.split("-"):
-            tok = language_token(code, getattr(task.args, "lang_tok_style", "multilingual"))
+            tok = lang_token(code, getattr(task.args, "lang_tok_style", "multilingual"))
             if task.source_dictionary.index(tok) == task.source_dictionary.unk():
                 raise EvaluateError(f"direction {pair}: the dictionary has no language token {tok} (--lang-dict?)")
 

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from ..languages import language_token
+from ..langtok import lang_token
 
 # fairseq --activation-fn -> transformers ACT2FN name (same function)
 ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_accurate": "gelu_new", "gelu_fast": "gelu_new",
@@ -203,7 +203,7 @@ def tokenizer_numbering(symbols: Sequence[str]) -> Tuple[Dict[str, int], List[Op
     if not langs:
         raise UnsupportedForM2M100("the dictionary has no language tokens (__xx__)")
     order: List[Optional[int]] = list(words)
-    order += [langs.pop(language_token(code), None) for code in tokenization.FAIRSEQ_LANGUAGE_CODES["m2m100"]]
+    order += [langs.pop(lang_token(code), None) for code in tokenization.FAIRSEQ_LANGUAGE_CODES["m2m100"]]
     order += sorted(langs.values())
     return {symbols[i]: n for n, i in enumerate(words)}, order
 
@@ -230,7 +230,7 @@ def write_tokenizer(out_dir: str, vocab: Mapping[str, int], spm_model: str, src:
 
 
 def language_token_id(symbols: Sequence[str], code: str, flag: str) -> int:
-    token = language_token(code)
+    token = lang_token(code)
     if token not in symbols:
         raise UnsupportedForM2M100(f"{flag} {code}: no language token {token} in the model's dictionary")
     return list(symbols).index(token)
