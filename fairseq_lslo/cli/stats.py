@@ -117,6 +117,8 @@ def compute_stats(path: str, state: Optional[dict] = None) -> dict:
         "format": FORMAT,
         "checkpoint": path,
         "model_parameters": n_model,
+        "parameterisation": {"ffn_coverage": spec.ffn_coverage, "ffn_slice_offset": spec.ffn_slice_offset,
+                             "init": spec.init, "scaling": spec.scaling},
         "languages": languages,
         "groups": {g: c.to_dict(n_model) for g, c in groups.items()},
     }
@@ -142,6 +144,10 @@ def format_table(record: dict) -> str:
     rows.append(row("[total]", "", "", record["total"]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"{record['checkpoint']}: {record['model_parameters']:,} model parameters"]
+    if "parameterisation" in record:
+        p = record["parameterisation"]
+        coverage = p["ffn_coverage"] + (f" (offset {p['ffn_slice_offset']})" if p["ffn_coverage"] == "slice" else "")
+        lines.append(f"fc1/fc2 coverage {coverage}, init of A {p['init']}, scaling {p['scaling']}")
     for r in rows:
         lines.append("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
     return "\n".join(lines)

@@ -296,6 +296,9 @@ class LSLoTransformerModel(TransformerModel):
                     "the checkpoint's LSLo configuration differs from the command line (flags vs "
                     "checkpoint): " + "; ".join(diffs)
                 )
+            # the same configuration, possibly written by an older version (other JSON bytes)
+            state_dict = dict(state_dict)
+            state_dict[CONFIG_KEY] = getattr(self, CONFIG_KEY)
         has_lslo = any(is_lslo_key(k) for k in state_dict)
         pending = getattr(self, "lslo_adapters_pending", None)
         if pending and not has_lslo:
@@ -430,11 +433,12 @@ def fill_args_from_adapters(args, path: str) -> None:
         "lslo_decoder_positions": ",".join(spec.decoder.positions) or "none",
         "lslo_encoder_routing": compact_routing(spec.encoder.routing),
         "lslo_decoder_routing": compact_routing(spec.decoder.routing),
-        "lslo_ffn_slice_offset": spec.ffn_slice_offset,
     }
     if getattr(args, "lslo_preset", None) in (None, ""):
-        # with a preset given, the preset decides what it covers (and a mismatch with the file is reported)
+        # with a preset given, the preset and the flags decide the parameterisation (a mismatch
+        # with the file is then reported by load_lslo_adapters)
         values.update({dest: getattr(spec, name) for dest, (name, _) in PARAMETERISATION.items()})
+        values["lslo_ffn_slice_offset"] = spec.ffn_slice_offset
     for name, value in values.items():
         if getattr(args, name, None) in (None, ""):
             setattr(args, name, value)
