@@ -259,14 +259,14 @@ def test_parameter_counts_equal_a_hand_count(dict_dir, preset):
     assert bank.num_parameters(0) == 2 * (16 + (16 if preset == "paper" else 32))
 
 
-def test_lang12_on_the_615m_placement_counts_the_papers_figures():
-    """156 linear maps of the 615M model (d_model 1024, d_ffn 4096), Lang12 ranks 2/2/8, the paper preset:
-    15,335,424 LSLo parameters, 638,976 for one rank-2 language.  The banks are built from the
-    configuration and counted by lslo-stats' own arithmetic; the 615M base model is not built."""
+def lang12_615m_stats(preset: str) -> dict:
+    """lslo-stats of Lang12 (ranks 2/2/8) on the reference's 156 linear maps of the 615M model
+    (d_model 1024, d_ffn 4096).  The banks are built from the configuration as the model builds
+    them and counted by lslo-stats' own arithmetic; the 615M base model is not built."""
     args = argparse.Namespace(
         lslo_langs=os.path.join(ROOT, "data_prep", "langs", "lang12.tsv"), lslo_rank="high:2,medium:2,low:8",
         lslo_encoder_positions="q,k,v,fc1,fc2", lslo_decoder_positions="q,k,v,cross_q,cross_k,cross_v,fc1,fc2",
-        lslo_encoder_routing="src*9,tgt*3", lslo_decoder_routing="tgt*12", lslo_preset="paper")
+        lslo_encoder_routing="src*9,tgt*3", lslo_decoder_routing="tgt*12", lslo_preset=preset)
     resolve_preset(args)
     spec = LSLoSpec.from_args(args, 12, 12)
     dims = {"q": (1024, 1024), "k": (1024, 1024), "v": (1024, 1024), "cross_q": (1024, 1024),
@@ -282,12 +282,25 @@ def test_lang12_on_the_615m_placement_counts_the_papers_figures():
                     state[f"{side}.layers.{layer}.{position}.lslo_{route}.{name}"] = t
                 maps += 1
     assert maps == 156
-    stats = compute_stats("lang12-615m", {"model": state})
+    return compute_stats(f"lang12-615m-{preset}", {"model": state})
+
+
+def test_lang12_on_the_615m_placement_counts_the_papers_figures():
+    """The paper preset: 156 x 48 x 2 x 1024 = 15,335,424 LSLo parameters, 638,976 for a rank-2 language."""
+    stats = lang12_615m_stats("paper")
     assert stats["total"]["lslo_parameters"] == 15_335_424
     assert stats["languages"]["en"]["lslo_parameters"] == 638_976
     assert stats["languages"]["wo"]["lslo_parameters"] == 4 * 638_976
     assert stats["parameterisation"] == {"ffn_coverage": "slice", "ffn_slice_offset": 0, "init": "rank",
                                          "scaling": "none"}
+
+
+def test_lang12_on_the_615m_placement_with_our_full_width_adapters():
+    """Ours: the 48 fc1/fc2 maps cost r x (1024 + 4096) each, the 108 attention maps r x 2048."""
+    stats = lang12_615m_stats("ours")
+    per_rank = 48 * (1024 + 4096) + 108 * 2 * 1024
+    assert stats["languages"]["en"]["lslo_parameters"] == 2 * per_rank
+    assert stats["total"]["lslo_parameters"] == 48 * per_rank
 
 
 # --- merge, export/import ------------------------------------------------------------------------
