@@ -391,11 +391,14 @@ def check_training_data(task) -> None:
 def log_parameter_counts(model: LSLoTransformerModel) -> None:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    spec = model.lslo_spec
+    coverage = spec.ffn_coverage + (f"@{spec.ffn_slice_offset}" if spec.ffn_coverage == "slice" else "")
     logger.info(
-        "LSLo: %s trainable parameters of %s (%.3f%%); languages %s; encoder %s; decoder %s",
+        "LSLo: %s trainable parameters of %s (%.3f%%); languages %s; encoder %s; decoder %s; "
+        "fc1/fc2 coverage %s, init %s, scaling %s",
         f"{trainable:,}", f"{total:,}", 100.0 * trainable / max(total, 1),
-        model.lslo_spec.inventory.to_spec(),
-        _describe(model.lslo_spec.encoder), _describe(model.lslo_spec.decoder),
+        spec.inventory.to_spec(), _describe(spec.encoder), _describe(spec.decoder),
+        coverage, spec.init, spec.scaling,
     )
 
 
