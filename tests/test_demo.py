@@ -94,12 +94,15 @@ def test_tiny_demo_binaries_follow_the_resource_groups(tiny_demo):
 
 
 def test_tiny_demo_every_method_beats_the_base(tiny_demo):
+    """Our methods by MIN_GAIN_BLEU; the reference parameterisation's runs (the study compares them
+    with ours, it does not tune them) must at least improve on the base."""
     out, _ = tiny_demo
     methods = json.loads((out / "summary.json").read_text())["methods"]
     base = methods["base"]["bleu"]["overall"]
     for name, m in methods.items():
         if name != "base":
-            assert m["bleu"]["overall"] >= base + MIN_GAIN_BLEU, (name, m["bleu"]["overall"], base)
+            margin = 0.0 if METHODS[name].preset == "paper" else MIN_GAIN_BLEU
+            assert m["bleu"]["overall"] > base + margin, (name, m["bleu"]["overall"], base)
 
 
 def test_tiny_demo_parameter_counts(tiny_demo):
