@@ -55,7 +55,8 @@ def study_markdown(study: Dict, groups: List[str]) -> List[str]:
     n = len(study["seeds"])
     lines = [f"Parameterisation study: our parameterisation (`--lslo-preset ours`) and the reference's "
              f"(`--lslo-preset paper`), same data, updates and learning rate, {n} seed(s) each "
-             f"({', '.join(map(str, study['seeds']))}); BLEU as mean (min-max over the seeds).", ""]
+             f"({', '.join(map(str, study['seeds']))})"
+             + ("; BLEU as mean (min-max over the seeds)." if n > 1 else "; one seed: no spread to report."), ""]
     head = ["method", "preset", *[f"BLEU {g}" for g in groups], "BLEU all", "trainable %", "non-zero %"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
