@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from typing import Dict, List, Optional
 
 import torch
 
 from ..checkpoint_io import CheckpointError, load_checkpoint
+from ..modules.keys import parse_factor_key, parse_mix_key
 from ..modules.spec import CONFIG_KEY, LSLoSpec
 
 FORMAT = "lslo-stats/1"
-_FACTOR = re.compile(r"^(?P<bank>.*\blslo_(?P<kind>src|tgt|shared))\.(?P<factor>[AB])(?P<rank>\d+)$")
 #: state-dict entries that are buffers, not parameters
 _BUFFER_SUFFIXES = ("_mask", ".version", "._float_tensor")
 
@@ -83,17 +82,17 @@ def compute_stats(path: str, state: Optional[dict] = None) -> dict:
     for code, rank in zip(codes, spec.ranks):
         bucket_owners.setdefault(rank, []).append(code)
     for key, value in model.items():
-        if key.endswith(".lslo_mix") or key == "lslo_mix":
+        if parse_mix_key(key) is not None:
             total.add(value.numel(), value.numel())  # routing weights of architecture search
             continue
-        m = _FACTOR.match(key)
-        if m is None:
+        m = parse_factor_key(key)
+        if m is None or m.mask:
             continue
-        rank = int(m["rank"])
+        rank = m.rank
         mask = model.get(f"{key}_mask")
         if mask is not None and mask.shape != value.shape:
             raise CheckpointError(f"{path}: {key}_mask has shape {tuple(mask.shape)}, {key} has {tuple(value.shape)}")
-        if m["kind"] == "shared":
+        if m.kind == "shared":
             owners = ["shared"] * value.shape[0]
             any_shared = True
         else:
@@ -118,6 +117,8 @@ def compute_stats(path: str, state: Optional[dict] = None) -> dict:
         "format": FORMAT,
         "checkpoint": path,
         "model_parameters": n_model,
+        "parameterisation": {"ffn_coverage": spec.ffn_coverage, "ffn_slice_offset": spec.ffn_slice_offset,
+                             "init": spec.init, "scaling": spec.scaling},
         "languages": languages,
         "groups": {g: c.to_dict(n_model) for g, c in groups.items()},
     }
@@ -143,6 +144,10 @@ def format_table(record: dict) -> str:
     rows.append(row("[total]", "", "", record["total"]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"{record['checkpoint']}: {record['model_parameters']:,} model parameters"]
+    if "parameterisation" in record:
+        p = record["parameterisation"]
+        coverage = p["ffn_coverage"] + (f" (offset {p['ffn_slice_offset']})" if p["ffn_coverage"] == "slice" else "")
+        lines.append(f"fc1/fc2 coverage {coverage}, init of A {p['init']}, scaling {p['scaling']}")
     for r in rows:
         lines.append("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
     return "\n".join(lines)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from .config import DemoConfig
 from .data import fairseq_bin
@@ -21,15 +21,41 @@ class Method:
     routing: str  # 'language' (src/tgt per layer), 'shared', or '' for plain transformers
     prune: bool = False
     trains: bool = True
+    preset: str = "ours"  # --lslo-preset of the adapter methods: ours or paper (the reference's)
+    study: bool = False  # part of the parameterisation study: one run per seed of DemoConfig.study_seeds
 
 
 METHODS: Dict[str, Method] = {m.name: m for m in (
     Method("base", "no fine-tuning (base)", "transformer", "", trains=False),
     Method("full", "full fine-tuning", "transformer", ""),
     Method("shared_lora", "shared LoRA", "lslo_transformer", "shared"),
-    Method("lslo", "LSLo", "lslo_transformer", "language"),
-    Method("lslo_pruned", "LSLo + gradual pruning", "lslo_transformer", "language", prune=True),
+    Method("lslo", "LSLo", "lslo_transformer", "language", study=True),
+    Method("lslo_pruned", "LSLo + gradual pruning", "lslo_transformer", "language", prune=True, study=True),
+    Method("lslo_paper", "LSLo, reference parameterisation", "lslo_transformer", "language", preset="paper",
+           study=True),
+    Method("lslo_paper_pruned", "LSLo + gradual pruning, reference parameterisation", "lslo_transformer",
+           "language", prune=True, preset="paper", study=True),
 )}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of a method with one seed; the first seed's run is the method's own."""
+
+    method: Method
+    seed: int
+    name: str  # directory and log name: the method's name, plus -seedN for further seeds
+
+
+def runs_of(methods: Sequence[Method], seed: int, study_seeds: Sequence[int]) -> List[Run]:
+    """Every run: study methods once per study seed, the others once with ``seed``.  The first
+    run of a method carries its name (its results are the method's row of the results table)."""
+    out = []
+    for m in methods:
+        seeds = list(study_seeds) if m.study else [seed]
+        for k, s in enumerate(seeds):
+            out.append(Run(m, s, m.name if k == 0 else f"{m.name}-seed{s}"))
+    return out
 
 
 def lang_pairs(langs: Sequence[str]) -> str:
@@ -60,7 +86,8 @@ def lslo_args(cfg: DemoConfig, method: Method) -> List[str]:
         routing_enc, routing_dec = f"shared*{lay}", f"shared*{lay}"
     args = ["--lslo-langs", langs, "--lslo-rank", cfg.lslo.ranks, "--lslo-alpha", str(cfg.lslo.alpha),
             "--lslo-encoder-positions", cfg.lslo.positions, "--lslo-decoder-positions", cfg.lslo.positions,
-            "--lslo-encoder-routing", routing_enc, "--lslo-decoder-routing", routing_dec]
+            "--lslo-encoder-routing", routing_enc, "--lslo-decoder-routing", routing_dec,
+            "--lslo-preset", method.preset]
     return args
 
 
@@ -76,8 +103,9 @@ def optimizer_args(lr: float, warmup: int, method: Method, cfg: DemoConfig) -> L
             "--lslo-prune-scope", "language"]
 
 
-def train_command(cfg: DemoConfig, data: str, save_dir: str, method: Method, base_ckpt: str = "") -> List[str]:
-    """fairseq-train for pretraining (method 'base') or one fine-tuning method."""
+def train_command(cfg: DemoConfig, data: str, save_dir: str, method: Method, base_ckpt: str = "",
+                  seed: Optional[int] = None) -> List[str]:
+    """fairseq-train for pretraining (method 'base') or one fine-tuning method (``seed``: cfg.seed)."""
     pretrain = not method.trains
     phase = cfg.pretrain if pretrain else cfg.finetune
     cmd = [fairseq_bin("fairseq-train"), data, *task_args(cfg.langs), "--arch", method.arch, *model_args(cfg)]
@@ -89,7 +117,7 @@ def train_command(cfg: DemoConfig, data: str, save_dir: str, method: Method, bas
     cmd += ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", str(phase.label_smoothing),
             *optimizer_args(lr, phase.warmup, method, cfg),
             "--max-tokens", str(phase.max_tokens), "--max-update", str(phase.updates),
-            "--save-dir", save_dir, "--cpu", "--seed", str(cfg.seed), "--num-workers", "0",
+            "--save-dir", save_dir, "--cpu", "--seed", str(cfg.seed if seed is None else seed), "--num-workers", "0",
             "--no-epoch-checkpoints", "--disable-validation",
             "--log-format", "simple", "--log-interval", str(max(1, phase.updates // 10)),
             "--ddp-backend", "no_c10d", "--skip-invalid-size-inputs-valid-test"]

@@ -1,8 +1,9 @@
-"""The demo's two sizes: ``default`` (at most 15 minutes on 2 CPU cores) and ``tiny`` (tests)."""
+"""The demo's two sizes: ``default`` (at most 15 minutes on 2 CPU cores without the second seed of
+the parameterisation study, ``--seeds 1``) and ``tiny`` (tests)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Dict, List, Sequence, Tuple
 
 from .benchmark import GRAMMARS, SIZES, Sizes
 
@@ -55,6 +56,8 @@ class DemoConfig:
     lslo: LSLoSettings = field(default_factory=LSLoSettings)
     beam: int = 2
     seed: int = 1
+    #: seeds of the parameterisation study (LSLo and LSLo + pruning, ours and the reference's)
+    study_seeds: Sequence[int] = (1, 2)
     snapshots: int = 5  # pruning-run checkpoints read for the sparsity-over-updates plot
 
     @property
@@ -87,6 +90,6 @@ def _config(name: str, model: ModelDims, spm_vocab: int, pre_updates: int, ft_up
 CONFIGS: Dict[str, DemoConfig] = {
     "default": _config("default", ModelDims(layers=2, dim=128, ffn=256, heads=4), spm_vocab=800,
                        pre_updates=2000, ft_updates=400, max_tokens=2000),
-    "tiny": _config("tiny", ModelDims(layers=2, dim=64, ffn=128, heads=2), spm_vocab=400,
-                    pre_updates=800, ft_updates=250, max_tokens=1500),
+    "tiny": replace(_config("tiny", ModelDims(layers=2, dim=64, ffn=128, heads=2), spm_vocab=400,
+                            pre_updates=800, ft_updates=250, max_tokens=1500), study_seeds=(1,)),
 }

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import re
 import subprocess
 import sys
 from typing import Dict
@@ -16,9 +15,8 @@ from typing import Dict
 import torch
 
 from ..checkpoint_io import load_checkpoint
+from ..modules.keys import parse_factor_key
 from ..modules.spec import LSLoSpec
-
-_BANK = re.compile(r"\.lslo_(src|tgt|shared)\.([AB])(\d+)$")
 
 
 def model_parameter_count(ckpt: str) -> int:
@@ -47,10 +45,10 @@ def group_counts(ckpt: str) -> Dict[str, Dict[str, int]]:
     groups = [group for _code, group in spec.languages]
     out: Dict[str, Dict[str, int]] = {}
     for name, t in state.items():
-        m = _BANK.search(name)
-        if not m:
+        m = parse_factor_key(name)
+        if m is None or m.mask:
             continue
-        kind, rank = m.group(1), int(m.group(3))
+        kind, rank = m.kind, m.rank
         kept = state[name + "_mask"]  # True = kept by pruning (what lslo-stats counts as non-zero)
         slot_groups = ["shared"] if kind == "shared" else [g for g, r in zip(groups, spec.ranks) if r == rank]
         for i, group in enumerate(slot_groups):

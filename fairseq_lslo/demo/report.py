@@ -26,6 +26,67 @@ def markdown_table(summary: Dict) -> str:
     return "\n".join(rows)
 
 
+def study_summary(runs, bleu: Dict, counts: Dict, train_seconds: Dict) -> Dict:
+    """The parameterisation study: per method (ours / the reference's, with and without pruning)
+    every seed's BLEU and parameters, and the mean, min and max over the seeds."""
+    methods: Dict[str, Dict] = {}
+    for r in runs:
+        m = methods.setdefault(r.method.name, {"label": r.method.label, "preset": r.method.preset,
+                                               "prune": r.method.prune, "runs": []})
+        m["runs"].append({"seed": r.seed, "run": r.name,
+                          "bleu": {"overall": bleu[r.name]["overall"], "groups": bleu[r.name]["groups"]},
+                          "trainable_percent": counts[r.name]["trainable_percent"],
+                          "nonzero_percent": counts[r.name]["nonzero_percent"],
+                          "train_seconds": train_seconds.get(r.name)})
+    for m in methods.values():
+        for stat, fn in (("mean", lambda v: sum(v) / len(v)), ("min", min), ("max", max)):
+            groups = m["runs"][0]["bleu"]["groups"]
+            m[stat] = {"overall": fn([x["bleu"]["overall"] for x in m["runs"]]),
+                       "groups": {g: fn([x["bleu"]["groups"][g] for x in m["runs"]]) for g in groups}}
+    seeds = sorted({r.seed for r in runs})
+    return {"seeds": seeds, "methods": methods}
+
+
+def study_markdown(study: Dict, groups: List[str]) -> List[str]:
+    """The study's table (mean and min-max over the seeds) and the reference-minus-ours differences."""
+    methods = study["methods"]
+    if not methods:
+        return []
+    n = len(study["seeds"])
+    lines = [f"Parameterisation study: our parameterisation (`--lslo-preset ours`) and the reference's "
+             f"(`--lslo-preset paper`), same data, updates and learning rate, {n} seed(s) each "
+             f"({', '.join(map(str, study['seeds']))})"
+             + ("; BLEU as mean (min-max over the seeds)." if n > 1 else "; one seed: no spread to report."), ""]
+    head = ["method", "preset", *[f"BLEU {g}" for g in groups], "BLEU all", "trainable %", "non-zero %"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def cell(m, g=None):
+        pick = (lambda d: d["overall"]) if g is None else (lambda d: d["groups"][g])
+        if n == 1:
+            return f"{pick(m['mean']):.1f}"
+        return f"{pick(m['mean']):.1f} ({pick(m['min']):.1f}-{pick(m['max']):.1f})"
+
+    for m in methods.values():
+        trainable = sum(x["trainable_percent"] for x in m["runs"]) / len(m["runs"])
+        nonzero = sum(x["nonzero_percent"] for x in m["runs"]) / len(m["runs"])
+        lines.append("| " + " | ".join([m["label"], m["preset"], *[cell(m, g) for g in groups], cell(m),
+                                        f"{trainable:.2f}", f"{nonzero:.2f}"]) + " |")
+    lines.append("")
+    for ours, ref in (("lslo", "lslo_paper"), ("lslo_pruned", "lslo_paper_pruned")):
+        if ours not in methods or ref not in methods:
+            continue
+        a, b = methods[ours], methods[ref]
+        parts = []
+        for g in [*groups, None]:
+            pick = (lambda d: d["overall"]) if g is None else (lambda d: d["groups"][g])
+            diff = pick(b["mean"]) - pick(a["mean"])
+            overlap = n > 1 and pick(a["min"]) <= pick(b["max"]) and pick(b["min"]) <= pick(a["max"])
+            parts.append(f"{g or 'all'} {diff:+.1f}" + (" (seed ranges overlap)" if overlap else ""))
+        lines.append(f"- {b['label']} minus {a['label']} (mean BLEU): " + ", ".join(parts) + ".")
+    lines.append("")
+    return lines
+
+
 def write_markdown(path: str, summary: Dict) -> None:
     lines = [f"# LSLo demo (`{summary['demo']}`)", "",
              f"Measured {summary['date']} on {summary['machine']} with `{summary['command']}`; "
@@ -43,6 +104,8 @@ def write_markdown(path: str, summary: Dict) -> None:
             sp = 1 - c["nonzero_parameters"] / max(1, c["lslo_parameters"])
             lines.append(f"| {g} | {_fmt_int(c['lslo_parameters'])} | {_fmt_int(c['nonzero_parameters'])} | {sp:.2f} |")
         lines.append("")
+    groups = [g for g in GROUP_ORDER if g in summary["groups"].values()]
+    lines += study_markdown(summary.get("study") or {"seeds": [], "methods": {}}, groups)
     for note in summary.get("notes", []):
         lines.append(f"- {note}")
     lines += ["", "BLEU per target language:", "",

@@ -17,12 +17,12 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Callable, Dict, List, Optional
 
 from . import report
 from .benchmark import GRAMMARS, generate
-from .commands import METHODS, Method, train_command
+from .commands import METHODS, Method, Run, runs_of, train_command
 from .config import CONFIGS
 from .data import binarize, encode_all, train_sentencepiece, write_raw
 from .params import group_counts, method_counts
@@ -109,10 +109,21 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="output directory (default: results/demo, or results/demo-tiny for --demo tiny)")
     p.add_argument("--jobs", type=int, default=2, help="fine-tuning/decoding runs in parallel, one thread each (default: 2)")
     p.add_argument("--force", action="store_true", help="redo every stage even if its stamp file exists")
+    p.add_argument("--seeds", metavar="S1,S2",
+                   help="seeds of the parameterisation study (LSLo and LSLo + pruning, our parameterisation "
+                        "and the reference's), e.g. 1,2 (default: the size's, 1,2 for default, 1 for tiny)")
     a = p.parse_args(argv)
     if a.jobs < 1:
         p.error(f"--jobs must be at least 1, got {a.jobs}")
     cfg = CONFIGS[a.demo]
+    if a.seeds:
+        try:
+            seeds = tuple(int(x) for x in a.seeds.split(","))
+        except ValueError:
+            p.error(f"--seeds: expected comma-separated integers such as 1,2, got {a.seeds!r}")
+        if not seeds or len(set(seeds)) != len(seeds):
+            p.error(f"--seeds: expected distinct seeds such as 1,2, got {a.seeds!r}")
+        cfg = replace(cfg, study_seeds=seeds)
     out = os.path.abspath(a.out or os.path.join(REPO_ROOT, "results", "demo" if a.demo == "default" else f"demo-{a.demo}"))
     work = os.path.join(out, "work")
     os.makedirs(work, exist_ok=True)
@@ -122,10 +133,12 @@ def main(argv=None) -> int:
     if not pruning_available():
         methods = [m for m in methods if not m.prune]
         notes.append("LSLo + gradual pruning was not run: the lslo_pruning optimizer is not installed.")
+    runs = runs_of(methods, cfg.seed, cfg.study_seeds)
     stages = Stages(work, key, a.force, total=7)
     t_start = time.time()
     print(f"LSLo demo '{cfg.name}': {len(cfg.langs)} languages, {len(cfg.langs) * (len(cfg.langs) - 1)} directions, "
-          f"methods: {', '.join(m.name for m in methods)}; output {out}", flush=True)
+          f"methods: {', '.join(m.name for m in methods)} (study seeds {','.join(map(str, cfg.study_seeds))}: "
+          f"{len(runs)} runs); output {out}", flush=True)
 
     bench = generate(cfg.sizes, seed=cfg.seed)
     raw, spm_dir, bin_dir = (os.path.join(work, d) for d in ("raw", "spm", "bin"))
@@ -150,45 +163,46 @@ def main(argv=None) -> int:
 
     pre = stages.run("pretrain", f"pretrain the base transformer ({cfg.pretrain.updates} updates)", pretrain_stage)
 
-    def finetune_one(m: Method) -> float:
-        save = os.path.join(ckpt_dir, m.name)
+    def finetune_one(r: Run) -> float:
+        save = os.path.join(ckpt_dir, r.name)
         shutil.rmtree(save, ignore_errors=True)
-        cmd = train_command(cfg, os.path.join(bin_dir, "finetune"), save, m, base_ckpt)
-        return run_logged(cmd, os.path.join(logs, f"finetune-{m.name}.log"), 1)
+        cmd = train_command(cfg, os.path.join(bin_dir, "finetune"), save, r.method, base_ckpt, seed=r.seed)
+        return run_logged(cmd, os.path.join(logs, f"finetune-{r.name}.log"), 1)
 
-    trained = [m for m in methods if m.trains]
+    trained = [r for r in runs if r.method.trains]
 
     def finetune_stage():
         with ThreadPoolExecutor(a.jobs) as pool:
             secs = list(pool.map(finetune_one, trained))
-        return {m.name: s for m, s in zip(trained, secs)}
+        return {r.name: s for r, s in zip(trained, secs)}
 
-    ft = stages.run("finetune", f"fine-tune {len(trained)} ways ({cfg.finetune.updates} updates each, "
-                    f"{a.jobs} at a time): {', '.join(m.name for m in trained)}", finetune_stage)
-    ckpts = {m.name: base_ckpt if not m.trains else os.path.join(ckpt_dir, m.name, "checkpoint_last.pt") for m in methods}
+    ft = stages.run("finetune", f"fine-tune {len(trained)} runs ({cfg.finetune.updates} updates each, "
+                    f"{a.jobs} at a time): {', '.join(r.name for r in trained)}", finetune_stage)
+    ckpts = {r.name: base_ckpt if not r.method.trains else os.path.join(ckpt_dir, r.name, "checkpoint_last.pt")
+             for r in runs}
 
-    def decode_one(m: Method) -> float:
+    def decode_one(r: Run) -> float:
         cmd = [sys.executable, "-m", "fairseq_lslo.demo.decode", "--demo", cfg.name, "--data",
-               os.path.join(bin_dir, "finetune"), "--path", ckpts[m.name], "--out", os.path.join(work, "hyp", m.name)]
-        return run_logged(cmd, os.path.join(logs, f"decode-{m.name}.log"), 1)
+               os.path.join(bin_dir, "finetune"), "--path", ckpts[r.name], "--out", os.path.join(work, "hyp", r.name)]
+        return run_logged(cmd, os.path.join(logs, f"decode-{r.name}.log"), 1)
 
     def decode_stage():
         with ThreadPoolExecutor(a.jobs) as pool:
-            secs = list(pool.map(decode_one, methods))
-        return {m.name: s for m, s in zip(methods, secs)}
+            secs = list(pool.map(decode_one, runs))
+        return {r.name: s for r, s in zip(runs, secs)}
 
-    dec = stages.run("decode", f"decode all directions of the test set, {len(methods)} models (beam {cfg.beam})",
+    dec = stages.run("decode", f"decode all directions of the test set, {len(runs)} models (beam {cfg.beam})",
                      decode_stage)
 
     def bleu_stage():
         groups = dict(cfg.languages)
-        return {m.name: {"directions": (d := direction_bleu(os.path.join(work, "hyp", m.name), raw, cfg.langs)),
-                         **aggregate(d, groups)} for m in methods}
+        return {r.name: {"directions": (d := direction_bleu(os.path.join(work, "hyp", r.name), raw, cfg.langs)),
+                         **aggregate(d, groups)} for r in runs}
 
     bleu = stages.run("bleu", "score every direction with sacrebleu", bleu_stage)
 
     def params_stage():
-        counts = {m.name: method_counts(ckpts[m.name], kind_of(m)) for m in methods}
+        counts = {r.name: method_counts(ckpts[r.name], kind_of(r.method)) for r in runs}
         curve = []
         if any(m.prune for m in methods):
             snaps = sorted(
@@ -229,6 +243,9 @@ def main(argv=None) -> int:
                 for m in methods
             },
             "sparsity_curve": params["curve"],
+            "study": report.study_summary(
+                [r for r in runs if r.method.study], bleu, params["counts"],
+                {r.name: round(ft[r.name], 1) for r in trained}),
             "notes": notes + ([f"Stages reused from an earlier run (their times are that run's): "
                                f"{', '.join(stages.reused)}."] if stages.reused else []),
         }

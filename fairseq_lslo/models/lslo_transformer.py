@@ -26,11 +26,11 @@ from ..data_check import check_binarized
 from ..langtok import LanguageTokens, task_directions
 from ..languages import LSLoConfigError
 from ..modules.adapter_file import load_adapters
-from ..modules.lslo_linear import LSLoLinear, is_lslo_key
+from ..modules.lslo_linear import INITS, SCALINGS, LSLoLinear, is_lslo_key
 from ..modules.placement import DECODER_POSITIONS, ENCODER_POSITIONS, ROUTES, compact_routing
 from ..modules.pruning import publish_prunable
 from ..modules.routing import BatchLanguages, LanguageResolver, LanguageRouter
-from ..modules.spec import CONFIG_KEY, LSLoSpec
+from ..modules.spec import CONFIG_KEY, FFN_COVERAGES, PARAMETERISATION, PRESETS, LSLoSpec, resolve_preset
 from .base_architecture import inherit_base_architecture
 from .bf16_device import keep_bf16_off_tpu
 
@@ -119,6 +119,24 @@ class LSLoTransformerModel(TransformerModel):
                                 "first 3/4 of the layers src, the rest tgt)")
         group.add_argument("--lslo-decoder-routing", metavar="SPEC",
                            help="per-layer routing of the decoder, e.g. tgt*12 (default: tgt in every layer)")
+        group.add_argument("--lslo-preset", choices=list(PRESETS),
+                           help="parameterisation preset: 'ours' (default: full-width fc1/fc2 adapters, init "
+                                "linear, scaling alpha) or 'paper' (the authors' reference implementation: "
+                                "slice coverage, init rank, no scaling); the three flags below, when given, "
+                                "override it")
+        group.add_argument("--lslo-ffn-coverage", choices=list(FFN_COVERAGES),
+                           help="fc1/fc2 adapters: 'full' covers the whole FFN width (d_model -> d_ffn, "
+                                "d_ffn -> d_model); 'slice' is square (d_model -> d_model): fc1's adapter adds "
+                                "to FFN hidden units [S, S + d_model), fc2's reads them (default: from --lslo-preset)")
+        group.add_argument("--lslo-ffn-slice-offset", type=int, metavar="S",
+                           help="first FFN hidden unit S of the slice of --lslo-ffn-coverage slice; "
+                                "S + d_model must not exceed the FFN width (default: 0)")
+        group.add_argument("--lslo-init", choices=list(INITS),
+                           help="initialisation of A: 'linear' U(+-1/sqrt(d_in)) like a fresh nn.Linear, "
+                                "'rank' U(+-1/sqrt(r)) as the reference; B = 0 either way (default: from --lslo-preset)")
+        group.add_argument("--lslo-scaling", choices=list(SCALINGS),
+                           help="factor of the update: 'alpha' alpha/r (LoRA), 'none' 1 as the reference "
+                                "(--lslo-alpha is then unused) (default: from --lslo-preset)")
         group.add_argument("--lslo-adapters", metavar="FILE",
                            help="load adapters exported by lslo-export onto the model (LSLo flags not given "
                                 "are taken from the file; flags that are given must match it). The base "
@@ -172,7 +190,7 @@ class LSLoTransformerModel(TransformerModel):
                     parent = layer.get_submodule(parent_path) if parent_path else layer
                     base = getattr(parent, attr)
                     kinds = ["src", "tgt"] if route == "learn" else [route]
-                    banks = {k: spec.build_bank(k, base.in_features, base.out_features) for k in kinds}
+                    banks = {k: spec.build_bank(k, base.in_features, base.out_features, position) for k in kinds}
                     banks = {k: b.to(base.weight.device) for k, b in banks.items()}
                     setattr(parent, attr, LSLoLinear(base, route, banks, router))
                     if parent_path.endswith("attn"):
@@ -279,6 +297,9 @@ class LSLoTransformerModel(TransformerModel):
                     "the checkpoint's LSLo configuration differs from the command line (flags vs "
                     "checkpoint): " + "; ".join(diffs)
                 )
+            # the same configuration, possibly written by an older version (other JSON bytes)
+            state_dict = dict(state_dict)
+            state_dict[CONFIG_KEY] = getattr(self, CONFIG_KEY)
         has_lslo = any(is_lslo_key(k) for k in state_dict)
         pending = getattr(self, "lslo_adapters_pending", None)
         if pending and not has_lslo:
@@ -337,11 +358,14 @@ def check_training_data(task) -> None:
 def log_parameter_counts(model: LSLoTransformerModel) -> None:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    spec = model.lslo_spec
+    coverage = spec.ffn_coverage + (f"@{spec.ffn_slice_offset}" if spec.ffn_coverage == "slice" else "")
     logger.info(
-        "LSLo: %s trainable parameters of %s (%.3f%%); languages %s; encoder %s; decoder %s",
+        "LSLo: %s trainable parameters of %s (%.3f%%); languages %s; encoder %s; decoder %s; "
+        "fc1/fc2 coverage %s, init %s, scaling %s",
         f"{trainable:,}", f"{total:,}", 100.0 * trainable / max(total, 1),
-        model.lslo_spec.inventory.to_spec(),
-        _describe(model.lslo_spec.encoder), _describe(model.lslo_spec.decoder),
+        spec.inventory.to_spec(), _describe(spec.encoder), _describe(spec.decoder),
+        coverage, spec.init, spec.scaling,
     )
 
 
@@ -360,6 +384,7 @@ def lslo_base_architecture(args):
     args.lslo_decoder_positions = getattr(args, "lslo_decoder_positions", None) or "fc1,fc2"
     args.lslo_encoder_routing = getattr(args, "lslo_encoder_routing", None) or "auto"
     args.lslo_decoder_routing = getattr(args, "lslo_decoder_routing", None) or "auto"
+    resolve_preset(args)
     base_architecture(args)
 
 
@@ -379,6 +404,11 @@ def fill_args_from_adapters(args, path: str) -> None:
         "lslo_encoder_routing": compact_routing(spec.encoder.routing),
         "lslo_decoder_routing": compact_routing(spec.decoder.routing),
     }
+    if getattr(args, "lslo_preset", None) in (None, ""):
+        # with a preset given, the preset and the flags decide the parameterisation (a mismatch
+        # with the file is then reported by load_lslo_adapters)
+        values.update({dest: getattr(spec, name) for dest, (name, _) in PARAMETERISATION.items()})
+        values["lslo_ffn_slice_offset"] = spec.ffn_slice_offset
     for name, value in values.items():
         if getattr(args, name, None) in (None, ""):
             setattr(args, name, value)

@@ -10,33 +10,50 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .lowrank_ops import LinearLowRank, LowRankAdd, low_rank_add_, masked_factors, precision
+from .keys import BANK_KINDS, LSLO_MARK, bank_attr, entry_name, is_lslo_key  # noqa: F401 (re-exported)
 from .routing import LanguageRouter
 
-#: every parameter or buffer whose name contains this belongs to LSLo (and trains)
-LSLO_MARK = "lslo_"
-
-
-def is_lslo_key(name: str) -> bool:
-    """True for state-dict keys and parameter names that belong to LSLo, not to the base model."""
-    return name.startswith(LSLO_MARK) or f".{LSLO_MARK}" in name
+#: how A is initialised: ``linear`` U(+-1/sqrt(d_in)) like a fresh nn.Linear(d_in -> r);
+#: ``rank`` U(+-1/sqrt(r)) (the reference implementation's: kaiming_uniform(a=sqrt 5) of A
+#: stored d_in x r, whose fan-in is r).  B = 0 either way.
+INITS = ("linear", "rank")
+#: the factor applied to the update: ``alpha`` alpha / r (LoRA's), ``none`` 1 (the reference's)
+SCALINGS = ("alpha", "none")
+#: (offset, width) of the part of a host linear map's input or output an adapter reads or writes
+Span = Tuple[int, int]
 
 
 class LowRankBank(nn.Module):
     """One pair ``(A_k, B_k)`` of rank ``r_k`` per slot (a language, or the one shared slot).
 
-    ``delta(x) = (alpha / r_k) * B_k A_k x`` for the slot of each sample.  Slots of equal
-    rank share one parameter tensor (``A{r}``: n x r x d_in, ``B{r}``: n x d_out x r), so a
-    bank has two parameters per distinct rank, not per language.  ``A{r}_mask`` and
-    ``B{r}_mask`` are boolean buffers (True = kept): pruning state travels with the weights.
+    ``delta(x) = c_k * B_k A_k x`` for the slot of each sample, ``c_k = alpha / r_k`` (scaling
+    ``alpha``) or 1 (``none``).  Slots of equal rank share one parameter tensor (``A{r}``:
+    n x r x a_in, ``B{r}``: n x a_out x r), so a bank has two parameters per distinct rank, not
+    per language.  ``A{r}_mask`` and ``B{r}_mask`` are boolean buffers (True = kept): pruning
+    state travels with the weights.
+
+    The host linear map is ``in_features -> out_features``.  By default the adapter covers it
+    whole (a_in = in_features, a_out = out_features).  ``in_span`` / ``out_span`` (offset,
+    width) restrict it to a slice: the adapter then reads only input features
+    ``[offset, offset + width)`` or adds only to those outputs.  The factors keep their own
+    (slice) shape; :meth:`_masked` places them into the host's full width with zeros around,
+    so every routed path, merging and export treat the bank like a full-width one.
     """
 
-    def __init__(self, in_features: int, out_features: int, ranks: Sequence[int], alpha: float):
+    def __init__(self, in_features: int, out_features: int, ranks: Sequence[int], alpha: float,
+                 in_span: Optional[Span] = None, out_span: Optional[Span] = None,
+                 init: str = "linear", scaling: str = "alpha"):
         super().__init__()
         if not ranks or min(ranks) <= 0:
             raise ValueError(f"every rank must be positive, got {list(ranks)}")
+        if init not in INITS or scaling not in SCALINGS:
+            raise ValueError(f"init must be one of {INITS} and scaling one of {SCALINGS}; got {init!r}, {scaling!r}")
         self.in_features, self.out_features = in_features, out_features
+        self.in_span: Span = _check_span(in_span, in_features, "input")
+        self.out_span: Span = _check_span(out_span, out_features, "output")
         self.ranks: List[int] = [int(r) for r in ranks]
         self.alpha = float(alpha)
+        self.init, self.scaling = init, scaling
         self.rank_buckets: List[int] = sorted(set(self.ranks))
         # slot -> (rank, index inside its bucket); slot -> row in the padded stack
         self.slot_place: List[Tuple[int, int]] = []
@@ -50,27 +67,41 @@ class LowRankBank(nn.Module):
             self.slot_place.append((r, seen[r]))
             rows.append(bucket_start[r] + seen[r])
             seen[r] += 1
+        a_in, a_out = self.adapter_in, self.adapter_out
         for r in self.rank_buckets:
             n = self.ranks.count(r)
-            self.register_parameter(f"A{r}", nn.Parameter(torch.empty(n, r, in_features)))
-            self.register_parameter(f"B{r}", nn.Parameter(torch.zeros(n, out_features, r)))
-            self.register_buffer(f"A{r}_mask", torch.ones(n, r, in_features, dtype=torch.bool))
-            self.register_buffer(f"B{r}_mask", torch.ones(n, out_features, r, dtype=torch.bool))
+            self.register_parameter(entry_name("A", r), nn.Parameter(torch.empty(n, r, a_in)))
+            self.register_parameter(entry_name("B", r), nn.Parameter(torch.zeros(n, a_out, r)))
+            self.register_buffer(entry_name("A", r, mask=True), torch.ones(n, r, a_in, dtype=torch.bool))
+            self.register_buffer(entry_name("B", r, mask=True), torch.ones(n, a_out, r, dtype=torch.bool))
         self.register_buffer("slot_row", torch.tensor(rows, dtype=torch.long), persistent=False)
         #: the rank of each row of the padded stack (slots in stack order)
         self.row_ranks: Tuple[int, ...] = tuple(r for r in self.rank_buckets for _ in range(self.ranks.count(r)))
-        self.register_buffer(
-            "slot_scale", torch.tensor([self.alpha / r for r in self.ranks]), persistent=False
-        )
+        scales = [self.alpha / r if scaling == "alpha" else 1.0 for r in self.ranks]
+        self.register_buffer("slot_scale", torch.tensor(scales), persistent=False)
         self.reset_parameters()
 
+    @property
+    def adapter_in(self) -> int:
+        """Input width of the factors (``A``: r x adapter_in)."""
+        return self.in_span[1]
+
+    @property
+    def adapter_out(self) -> int:
+        """Output width of the factors (``B``: adapter_out x r)."""
+        return self.out_span[1]
+
+    @property
+    def is_sliced(self) -> bool:
+        return (self.adapter_in, self.adapter_out) != (self.in_features, self.out_features)
+
     def reset_parameters(self) -> None:
-        """A like a fresh nn.Linear(d_in -> r) (uniform, bound 1/sqrt(d_in)); B = 0."""
-        bound = 1.0 / math.sqrt(self.in_features)
+        """A uniform in +-1/sqrt(a_in) (init ``linear``) or +-1/sqrt(r) (init ``rank``); B = 0."""
         with torch.no_grad():
             for r in self.rank_buckets:
-                getattr(self, f"A{r}").uniform_(-bound, bound)
-                getattr(self, f"B{r}").zero_()
+                bound = 1.0 / math.sqrt(self.adapter_in if self.init == "linear" else r)
+                getattr(self, entry_name("A", r)).uniform_(-bound, bound)
+                getattr(self, entry_name("B", r)).zero_()
 
     @property
     def num_slots(self) -> int:
@@ -83,23 +114,26 @@ class LowRankBank(nn.Module):
                 yield f, r, getattr(self, f"{f}{r}"), getattr(self, f"{f}{r}_mask")
 
     def factors(self, slot: int) -> Tuple[Tensor, Tensor]:
-        """Masked ``(A_k, B_k)`` of one slot: (r_k x d_in), (d_out x r_k)."""
+        """Masked ``(A_k, B_k)`` of one slot in their own shape: (r_k x a_in), (a_out x r_k)."""
         r, i = self.slot_place[slot]
-        A = getattr(self, f"A{r}")[i] * getattr(self, f"A{r}_mask")[i]
-        B = getattr(self, f"B{r}")[i] * getattr(self, f"B{r}_mask")[i]
+        A = getattr(self, entry_name("A", r))[i] * getattr(self, entry_name("A", r, mask=True))[i]
+        B = getattr(self, entry_name("B", r))[i] * getattr(self, entry_name("B", r, mask=True))[i]
         return A, B
 
     def buckets(self) -> List[Tuple[Tensor, Tensor, Tensor, Tensor]]:
         """``(A, A_mask, B, B_mask)`` of every rank bucket, smallest rank first."""
-        return [tuple(getattr(self, f"{f}{r}{m}") for f in ("A", "B") for m in ("", "_mask"))
+        return [tuple(getattr(self, entry_name(f, r, m)) for f in ("A", "B") for m in (False, True))
                 for r in self.rank_buckets]
 
     def _masked(self, slot: Optional[int]) -> Tuple[Tensor, Tensor]:
-        """Masked ``(A, Bt)`` of one slot (1 x r x ...) or of all slots, padded (K x r_max x ...)."""
+        """Masked ``(A, Bt)`` of one slot (1 x r x ...) or of all slots, padded (K x r_max x ...),
+        in the host's full width (d_in, d_out): a sliced adapter is zero outside its span."""
         if slot is None:
-            return masked_factors(self.buckets(), None)
-        r, i = self.slot_place[slot]
-        return masked_factors(self.buckets(), (self.rank_buckets.index(r), i))
+            A, Bt = masked_factors(self.buckets(), None)
+        else:
+            r, i = self.slot_place[slot]
+            A, Bt = masked_factors(self.buckets(), (self.rank_buckets.index(r), i))
+        return _place(A, self.in_span, self.in_features), _place(Bt, self.out_span, self.out_features)
 
     def delta(self, x: Tensor, slots: Optional[Tensor], uniform: Optional[int]) -> Tensor:
         """Adapter output for time-major ``x`` (T x batch x d_in); ``slots`` holds one id per sample.
@@ -185,17 +219,27 @@ class LowRankBank(nn.Module):
         return hit[1]
 
     def delta_weight(self, slot: int) -> Tensor:
-        """Dense ``(alpha / r_k) B_k A_k`` (d_out x d_in) of one slot, for merging."""
+        """Dense ``c_k B_k A_k`` (d_out x d_in, the host's shape) of one slot, for merging."""
         A, B = self.factors(slot)
-        return (B @ A) * self.slot_scale[slot]
+        dense = (B @ A) * self.slot_scale[slot]
+        (i0, wi), (o0, wo) = self.in_span, self.out_span
+        return F.pad(dense, (i0, self.in_features - i0 - wi, o0, self.out_features - o0 - wo))
 
     def num_parameters(self, slot: int) -> int:
-        return self.ranks[slot] * (self.in_features + self.out_features)
+        """Parameters of one slot's own factors (a sliced adapter: the slice's, not the host's)."""
+        return self.ranks[slot] * (self.adapter_in + self.adapter_out)
 
     def num_kept(self, slot: int) -> int:
         """Parameters of the slot not removed by pruning."""
         r, i = self.slot_place[slot]
-        return int(getattr(self, f"A{r}_mask")[i].sum()) + int(getattr(self, f"B{r}_mask")[i].sum())
+        return (int(getattr(self, entry_name("A", r, mask=True))[i].sum())
+                + int(getattr(self, entry_name("B", r, mask=True))[i].sum()))
+
+    def extra_repr(self) -> str:
+        text = f"{self.in_features} -> {self.out_features}, ranks={self.ranks}, init={self.init}, scaling={self.scaling}"
+        if self.is_sliced:
+            text += f", in_span={self.in_span}, out_span={self.out_span}"
+        return text
 
 
 class LSLoLinear(nn.Linear):
@@ -221,14 +265,14 @@ class LSLoLinear(nn.Linear):
         if sorted(banks) != sorted(expected):
             raise ValueError(f"route {route!r} needs banks {expected}, got {sorted(banks)}")
         for kind, bank in banks.items():
-            self.add_module(f"{LSLO_MARK}{kind}", bank)
+            self.add_module(bank_attr(kind), bank)
         if route == "learn":
             self.lslo_mix = nn.Parameter(torch.zeros(2))
         self.router = router
         self.merged: Optional[Tuple[Optional[int], Optional[int]]] = None
 
     def banks(self) -> Dict[str, LowRankBank]:
-        return {kind: getattr(self, f"{LSLO_MARK}{kind}") for kind in ("src", "tgt", "shared") if hasattr(self, f"{LSLO_MARK}{kind}")}
+        return {kind: getattr(self, bank_attr(kind)) for kind in BANK_KINDS if hasattr(self, bank_attr(kind))}
 
     def mix_weights(self) -> Optional[Tensor]:
         """softmax over (src, tgt) in search mode, else None."""
@@ -236,7 +280,7 @@ class LSLoLinear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.merged is None and self.route != "learn":
-            bank = getattr(self, f"{LSLO_MARK}{self.route}")
+            bank = getattr(self, bank_attr(self.route))
             return bank.linear_with_delta(x, self.weight, self.bias, *self.router.lookup(self.route))
         out = F.linear(x, self.weight, self.bias)
         if self.merged is not None:
@@ -259,7 +303,7 @@ class LSLoLinear(nn.Linear):
                 _need(tgt, "tgt")
             )
         slot = _need(src if self.route == "src" else tgt, self.route)
-        return getattr(self, f"{LSLO_MARK}{self.route}").delta_weight(slot)
+        return getattr(self, bank_attr(self.route)).delta_weight(slot)
 
     @torch.no_grad()
     def merge(self, src: Optional[int] = None, tgt: Optional[int] = None) -> None:
@@ -293,6 +337,27 @@ class LSLoLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, route={self.route}"
+
+
+def _check_span(span: Optional[Span], size: int, what: str) -> Span:
+    """``span`` checked against the host's ``size`` (None: the whole width)."""
+    if span is None:
+        return (0, size)
+    offset, width = int(span[0]), int(span[1])
+    if offset < 0 or width <= 0 or offset + width > size:
+        raise ValueError(f"adapter {what} slice [{offset}, {offset + width}) does not fit the host's {what} width {size}")
+    return (offset, width)
+
+
+def _place(t: Tensor, span: Span, size: int) -> Tensor:
+    """``t`` (... x width) zero-padded on its last dim into ``size`` columns at ``span``'s offset.
+
+    Differentiable (F.pad): the gradient of the padding is dropped, the slice's goes back.
+    """
+    offset, width = span
+    if width == size:
+        return t
+    return F.pad(t, (offset, size - offset - width))
 
 
 def _need(value: Optional[int], kind: str) -> int:

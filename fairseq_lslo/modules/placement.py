@@ -1,7 +1,7 @@
 """Where LSLo goes: position names and the per-layer routing specification."""
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from ..languages import LSLoConfigError
 
@@ -102,3 +102,14 @@ def compact_routing(routes: List[str]) -> str:
         out.append(f"{routes[i]}*{j - i}")
         i = j
     return ",".join(out)
+
+
+_POSITION_AT = {
+    "encoder": {path: name for name, path in ENCODER_POSITIONS.items()},
+    "decoder": {path: name for name, path in DECODER_POSITIONS.items()},
+}
+
+
+def position_at(side: str, path: str) -> Optional[str]:
+    """Inverse of the position tables: ("decoder", "encoder_attn.q_proj") -> "cross_q"; else None."""
+    return _POSITION_AT.get(side, {}).get(path)

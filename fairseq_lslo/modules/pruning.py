@@ -17,7 +17,6 @@ Units of pruning (one magnitude threshold each):
 """
 from __future__ import annotations
 
-import re
 import weakref
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence, Tuple
@@ -27,6 +26,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..languages import LSLoConfigError, parse_group_values
+from .keys import bank_attr, entry_name, join, layer_of
 from .lslo_linear import LowRankBank, LSLoLinear
 
 SCOPES = ("language", "layer")
@@ -158,7 +158,7 @@ class PruningPlan:
             if not isinstance(module, LSLoLinear):
                 continue
             for kind, bank in module.banks().items():
-                self._add_bank(f"{module_name}.lslo_{kind}", layer_of(module_name), kind, bank)
+                self._add_bank(join(module_name, bank_attr(kind)), layer_of(module_name), kind, bank)
         self.units = self._build_units()
 
     def _add_bank(self, prefix: str, layer: str, kind: str, bank: LowRankBank) -> None:
@@ -167,7 +167,7 @@ class PruningPlan:
             owners_by_rank[r].append(SHARED if kind == SHARED else self.codes[slot])
         for factor, r, param, mask in bank.factor_tensors():
             if factor in self.schedule.factors:
-                self.tensors.append(PrunableTensor(f"{prefix}.{factor}{r}", layer, factor, param, mask,
+                self.tensors.append(PrunableTensor(join(prefix, entry_name(factor, r)), layer, factor, param, mask,
                                                    owners_by_rank[r]))
 
     def _build_units(self) -> List[PruneUnit]:
@@ -255,15 +255,6 @@ class PruningPlan:
                 n, p = out.get(owner, (0, 0))
                 out[owner] = (n + m.numel(), p + int(m.numel() - m.sum()))
         return out
-
-
-_LAYER = re.compile(r"^(.*?\blayers\.\d+)(\.|$)")
-
-
-def layer_of(module_name: str) -> str:
-    """``encoder.layers.3.self_attn.q_proj`` -> ``encoder.layers.3`` (else the module itself)."""
-    m = _LAYER.match(module_name)
-    return m.group(1) if m else module_name
 
 
 # --- publication: how an optimizer finds the model whose weights it prunes ---------------

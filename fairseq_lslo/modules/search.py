@@ -8,7 +8,6 @@ or from a checkpoint's state dict (``lslo-arch``), so no model has to be built f
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -16,16 +15,11 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from .keys import MIX_NAME, parse_layer_path, parse_mix_key
 from .lslo_linear import LSLoLinear
-from .placement import DECODER_POSITIONS, ENCODER_POSITIONS
+from .placement import position_at
 
-MIX_KEY = "lslo_mix"
-_SITE = re.compile(r"(?:^|\.)(encoder|decoder)\.layers\.(\d+)\.(.+)$")
-#: attribute path -> position name, per side
-_POSITION_OF = {
-    "encoder": {path: name for name, path in ENCODER_POSITIONS.items()},
-    "decoder": {path: name for name, path in DECODER_POSITIONS.items()},
-}
+MIX_KEY = MIX_NAME
 
 
 @dataclass(frozen=True)
@@ -44,11 +38,11 @@ class MixSite:
 
 def parse_site(module_name: str) -> Optional[MixSite]:
     """``encoder.layers.3.fc1`` (any wrapper prefix such as ``module.``) -> MixSite, else None."""
-    m = _SITE.search(module_name)
-    if m is None:
+    parsed = parse_layer_path(module_name)
+    if parsed is None:
         return None
-    side, layer, path = m.group(1), int(m.group(2)), m.group(3)
-    position = _POSITION_OF[side].get(path)
+    side, layer, path = parsed
+    position = position_at(side, path)
     return None if position is None else MixSite(side, layer, position)
 
 
@@ -67,10 +61,10 @@ def mix_modules(model: nn.Module) -> List[Tuple[MixSite, LSLoLinear]]:
 def mix_logits_from_state(state: Mapping[str, Tensor]) -> Dict[MixSite, Tensor]:
     """The raw ``lslo_mix`` logits (2,) of every searched position in a model state dict."""
     out: Dict[MixSite, Tensor] = {}
-    suffix = "." + MIX_KEY
     for key, value in state.items():
-        if key.endswith(suffix):
-            site = parse_site(key[: -len(suffix)])
+        module = parse_mix_key(key)
+        if module is not None:
+            site = parse_site(module)
             if site is None:
                 raise ValueError(f"state-dict key {key!r} is not at a known encoder/decoder position")
             if value.numel() != 2:

@@ -7,17 +7,58 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import List, Mapping
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
 from ..languages import LanguageInventory, LSLoConfigError, dumps_config, parse_ranks
-from .lslo_linear import LowRankBank
+from .lslo_linear import INITS, SCALINGS, LowRankBank, Span
 from .placement import default_routing, parse_positions, parse_routing
 
-CONFIG_VERSION = 1
+#: 2: adds ffn_coverage, ffn_slice_offset, init and scaling (version 1 configs had none: they
+#: read as full coverage, init linear, scaling alpha, the only parameterisation of version 1)
+CONFIG_VERSION = 2
 #: the model buffer (and state-dict key) that holds the configuration
 CONFIG_KEY = "lslo_config"
+
+#: fc1/fc2 adapters: ``full`` cover the whole FFN width (d_model -> d_ffn and d_ffn -> d_model);
+#: ``slice`` are square (d_model -> d_model) on FFN hidden units [s, s + d_model), the reference's
+FFN_COVERAGES = ("full", "slice")
+FFN_POSITIONS = ("fc1", "fc2")
+#: the parameterisation choices a preset sets: argparse destination -> (spec field, choices)
+PARAMETERISATION: Dict[str, Tuple[str, tuple]] = {
+    "lslo_ffn_coverage": ("ffn_coverage", FFN_COVERAGES),
+    "lslo_init": ("init", INITS),
+    "lslo_scaling": ("scaling", SCALINGS),
+}
+#: ``--lslo-preset``: ``ours`` (the default) and ``paper``, the authors' reference implementation
+PRESETS: Dict[str, Dict[str, str]] = {
+    "ours": {"lslo_ffn_coverage": "full", "lslo_init": "linear", "lslo_scaling": "alpha"},
+    "paper": {"lslo_ffn_coverage": "slice", "lslo_init": "rank", "lslo_scaling": "none"},
+}
+DEFAULT_PRESET = "ours"
+#: what a configuration without these keys (version 1) means
+_LEGACY = {"ffn_coverage": "full", "ffn_slice_offset": 0, "init": "linear", "scaling": "alpha"}
+
+
+def resolved_parameterisation(args) -> Dict[str, str]:
+    """{argparse destination: value} of the parameterisation flags: those given on the command
+    line win, ``--lslo-preset`` (default ``ours``) fills the rest."""
+    preset = getattr(args, "lslo_preset", None) or DEFAULT_PRESET
+    if preset not in PRESETS:
+        raise LSLoConfigError(f"--lslo-preset: unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    chosen = dict(PRESETS[preset])
+    chosen.update({dest: getattr(args, dest) for dest in PARAMETERISATION if getattr(args, dest, None) not in (None, "")})
+    return chosen
+
+
+def resolve_preset(args) -> None:
+    """Write the resolved parameterisation into ``args`` (so the run's stored args show it too)."""
+    for dest, value in resolved_parameterisation(args).items():
+        setattr(args, dest, value)
+    args.lslo_preset = getattr(args, "lslo_preset", None) or DEFAULT_PRESET
+    if getattr(args, "lslo_ffn_slice_offset", None) is None:
+        args.lslo_ffn_slice_offset = 0
 
 
 @dataclass
@@ -34,7 +75,29 @@ class LSLoSpec:
     shared_rank: int
     encoder: SideSpec
     decoder: SideSpec
+    ffn_coverage: str = "full"
+    ffn_slice_offset: int = 0
+    init: str = "linear"
+    scaling: str = "alpha"
     version: int = CONFIG_VERSION
+
+    def __post_init__(self):
+        for flag_dest, (name, choices) in PARAMETERISATION.items():
+            if getattr(self, name) not in choices:
+                flag = "--" + flag_dest.replace("_", "-")
+                raise LSLoConfigError(f"{flag}: expected one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if int(self.ffn_slice_offset) < 0:
+            raise LSLoConfigError(f"--lslo-ffn-slice-offset must be >= 0, got {self.ffn_slice_offset}")
+        if self.ffn_coverage == "full" and int(self.ffn_slice_offset) != 0:
+            raise LSLoConfigError(
+                f"--lslo-ffn-slice-offset {self.ffn_slice_offset} needs --lslo-ffn-coverage slice "
+                "(full-width fc1/fc2 adapters have no slice)"
+            )
+        if int(self.version) > CONFIG_VERSION:
+            raise LSLoConfigError(
+                f"LSLo configuration version {self.version} is newer than this fairseq-lslo reads "
+                f"({CONFIG_VERSION}); upgrade fairseq-lslo"
+            )
 
     # --- construction -----------------------------------------------------------------
     @classmethod
@@ -57,7 +120,11 @@ class LSLoSpec:
                 parse_positions(getattr(args, f"lslo_{side}_positions", "fc1,fc2"), side),
                 parse_routing(routing_spec, n, side),
             )
-        return cls(inventory.to_json(), ranks, alpha, shared_rank, sides["encoder"], sides["decoder"])
+        chosen = resolved_parameterisation(args)
+        offset = getattr(args, "lslo_ffn_slice_offset", None)
+        return cls(inventory.to_json(), ranks, alpha, shared_rank, sides["encoder"], sides["decoder"],
+                   ffn_coverage=chosen["lslo_ffn_coverage"], ffn_slice_offset=int(offset or 0),
+                   init=chosen["lslo_init"], scaling=chosen["lslo_scaling"])
 
     @property
     def inventory(self) -> LanguageInventory:
@@ -84,10 +151,32 @@ class LSLoSpec:
     def needs_tgt(self) -> bool:
         return bool(self.routes_used() & {"tgt", "learn"})
 
-    def build_bank(self, kind: str, in_features: int, out_features: int) -> LowRankBank:
-        """A language bank (src/tgt kind) or the single shared adapter."""
+    def spans(self, position: Optional[str], in_features: int, out_features: int) -> Tuple[Span, Span]:
+        """(input span, output span) an adapter at ``position`` covers in its host linear map.
+
+        Full coverage (or a position other than fc1/fc2, or ``position`` None): the whole map.
+        Slice coverage: fc1 (d_model -> d_ffn) writes hidden units [s, s + d_model); fc2
+        (d_ffn -> d_model) reads them; ``s`` is ``ffn_slice_offset``.
+        """
+        full_in, full_out = (0, in_features), (0, out_features)
+        if self.ffn_coverage == "full" or position not in FFN_POSITIONS:
+            return full_in, full_out
+        s = int(self.ffn_slice_offset)
+        d_model, d_ffn = (in_features, out_features) if position == "fc1" else (out_features, in_features)
+        if s + d_model > d_ffn:
+            raise LSLoConfigError(
+                f"--lslo-ffn-slice-offset {s}: the {position} adapter slice [{s}, {s + d_model}) of the FFN "
+                f"hidden layer does not fit its width {d_ffn} (need offset + d_model <= d_ffn, d_model={d_model})"
+            )
+        return (full_in, (s, d_model)) if position == "fc1" else ((s, d_model), full_out)
+
+    def build_bank(self, kind: str, in_features: int, out_features: int, position: Optional[str] = None) -> LowRankBank:
+        """A language bank (src/tgt kind) or the single shared adapter of a host linear map
+        ``in_features -> out_features`` at ``position`` (fc1, q, cross_k, ...)."""
         ranks = [self.shared_rank] if kind == "shared" else self.ranks
-        return LowRankBank(in_features, out_features, ranks, self.alpha)
+        in_span, out_span = self.spans(position, in_features, out_features)
+        return LowRankBank(in_features, out_features, ranks, self.alpha, in_span=in_span, out_span=out_span,
+                           init=self.init, scaling=self.scaling)
 
     # --- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -99,6 +188,10 @@ class LSLoSpec:
             "shared_rank": self.shared_rank,
             "encoder": {"positions": self.encoder.positions, "routing": self.encoder.routing},
             "decoder": {"positions": self.decoder.positions, "routing": self.decoder.routing},
+            "ffn_coverage": self.ffn_coverage,
+            "ffn_slice_offset": self.ffn_slice_offset,
+            "init": self.init,
+            "scaling": self.scaling,
         }
 
     @classmethod
@@ -110,7 +203,12 @@ class LSLoSpec:
             shared_rank=int(d["shared_rank"]),
             encoder=SideSpec(list(d["encoder"]["positions"]), list(d["encoder"]["routing"])),
             decoder=SideSpec(list(d["decoder"]["positions"]), list(d["decoder"]["routing"])),
-            version=int(d.get("version", CONFIG_VERSION)),
+            ffn_coverage=str(d.get("ffn_coverage", _LEGACY["ffn_coverage"])),
+            ffn_slice_offset=int(d.get("ffn_slice_offset", _LEGACY["ffn_slice_offset"])),
+            init=str(d.get("init", _LEGACY["init"])),
+            scaling=str(d.get("scaling", _LEGACY["scaling"])),
+            # read as the current version: the keys version 1 lacked are filled with what it meant
+            version=max(int(d.get("version", 1)), CONFIG_VERSION),
         )
 
     def to_tensor(self) -> torch.Tensor:
@@ -135,7 +233,8 @@ class LSLoSpec:
         """Human-readable list of what differs (empty when equal)."""
         a, b = self.to_dict(), other.to_dict()
         out = []
-        for key in ("languages", "ranks", "alpha", "shared_rank"):
+        for key in ("languages", "ranks", "alpha", "shared_rank", "ffn_coverage", "ffn_slice_offset", "init",
+                    "scaling"):
             if a[key] != b[key]:
                 out.append(f"{key}: {a[key]} vs {b[key]}")
         for side in ("encoder", "decoder"):
