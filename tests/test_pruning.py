@@ -234,6 +234,8 @@ def build(wrapper, model, monkeypatch, **kw):
         return optim.FP16Optimizer.build_optimizer(fairseq_cfg(args, no_flatten=True), params)
     if wrapper == "bf16":
         return optim.FP16Optimizer.build_optimizer(fairseq_cfg(args, bf16=True), params)
+    if wrapper == "memory-efficient-fp16":
+        return optim.MemoryEfficientFP16Optimizer.build_optimizer(fairseq_cfg(args), params)
     if wrapper == "memory-efficient-bf16":
         return optim.MemoryEfficientFP16Optimizer.build_optimizer(fairseq_cfg(args, bf16=True), params)
     if wrapper == "amp":
