@@ -181,7 +181,8 @@ def epoch_runs(trained, tmp_path_factory):
 def test_reference_schedule_prunes_B_at_epoch_starts(epoch_runs):
     root, log = epoch_runs["root"], epoch_runs["whole"].stdout + epoch_runs["whole"].stderr
     for epoch in range(T1, EPOCHS + 1):
-        assert f"LSLo pruning at the start of epoch {epoch} (" in log
+        done = updates_in(str(root / "whole" / f"checkpoint{epoch - 1}.pt"))
+        assert f"LSLo pruning at the start of epoch {epoch} ({done} updates done)" in log
     assert "LSLo pruning at the start of epoch 1 " not in log and "LSLo pruning at update" not in log
     previous_updates = 0
     for epoch in range(1, EPOCHS + 1):

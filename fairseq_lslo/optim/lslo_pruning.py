@@ -331,7 +331,8 @@ class LSLoPruningOptimizer(LegacyFairseqOptimizer):
             values = [r.of(r.param.data) for r in self.tensor_regions]
             self.last_report = self.plan.update_masks(values, epoch)
             self._has_pruned = None
-            log_report(self.last_report, self.current_update() - 1)
+            # (the model's update count is the one before the last update's forward: one behind here)
+            log_report(self.last_report, int(self.pruning_state["steps"]))
             if self.has_pruned():
                 self._apply_masks(grads=False)
         self._write_state(epoch=int(epoch))
