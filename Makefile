@@ -23,7 +23,7 @@ help:
 	@echo "make soak     2,000-update CPU run with pruning: NaN and memory check -> results/bench/soak.json"
 	@echo "make gpu-wheels  (here, with network) wheels for make gpu-check -> .whl/"
 	@echo "make gpu-check   (on a CUDA machine, no network needed) the GPU checks, one summary table"
-	@echo "make flores12 FLORES-101 download -> prepare -> train -> evaluate (METHOD=, DRY_RUN=1, SLURM=1; see README)"
+	@echo "make flores12 FLORES-101 download -> prepare -> train -> evaluate (METHOD=, PRESET=ours|paper, DRY_RUN=1, SLURM=1; see README)"
 
 install: $(STAMP)
 
@@ -72,9 +72,11 @@ gpu-site:
 	$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $(GPU_SITE) .whl/*.whl
 
 # FLORES-101 chains: all logic lives in recipes/flores_chain.sh (variables: see the README).
+# PRESET=paper runs the authors' reference recipe instead of ours (recipes/train.sh).
 LSLO_PYTHON ?= $(if $(wildcard $(PY)),$(abspath $(PY)),$(PYTHON))
+PRESET ?= ours
 flores12 flores30:
-	LANGSET=$(subst flores,lang,$@) LSLO_PYTHON="$(LSLO_PYTHON)" bash recipes/flores_chain.sh
+	LANGSET=$(subst flores,lang,$@) PRESET="$(PRESET)" LSLO_PYTHON="$(LSLO_PYTHON)" bash recipes/flores_chain.sh
 
 clean:
 	rm -rf $(VENV) results build *.egg-info

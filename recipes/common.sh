@@ -27,9 +27,17 @@ PREP_WORKERS=${PREP_WORKERS:-1}
 
 # --- run --------------------------------------------------------------------------------
 METHOD=${METHOD:-lslo_prune}                     # full | shared | lslo | lslo_prune | search
-RUN_DIR=${RUN_DIR:-$DATA_ROOT/runs/$LANGSET-$MODEL_SIZE-$METHOD}
+# ours: this project's recipe; paper: the authors' reference recipe (see recipes/train.sh)
+PRESET=${PRESET:-ours}
+case "$PRESET" in
+  ours|paper) ;;
+  *) echo "PRESET=$PRESET: expected ours or paper" >&2; exit 2 ;;
+esac
+RUN_DIR=${RUN_DIR:-$DATA_ROOT/runs/$LANGSET-$MODEL_SIZE-$METHOD$([ "$PRESET" = ours ] || echo "-$PRESET")}
 SAVE_DIR=${SAVE_DIR:-$RUN_DIR/checkpoints}
 EVAL_DIR=${EVAL_DIR:-$RUN_DIR/eval}
+# the checkpoint the evaluation step decodes: ours the best on valid, the paper's the last epoch's
+EVAL_CHECKPOINT=${EVAL_CHECKPOINT:-$SAVE_DIR/checkpoint_$([ "$PRESET" = paper ] && echo last || echo best).pt}
 
 # --- architecture (must match the checkpoint) --------------------------------------------
 case "$MODEL_SIZE" in

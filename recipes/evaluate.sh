@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Decode every direction with one model load (lslo-evaluate, beam 5) and score spBLEU + chrF++ per direction.
-#   CKPT=...             checkpoint (default SAVE_DIR/checkpoint_best.pt)
+#   CKPT=...             checkpoint (default EVAL_CHECKPOINT of common.sh: checkpoint_best.pt, PRESET=paper: _last)
 #   EVAL_PAIRS=en-fr,... directions (default: all of the language set)
 #   EVAL_STAGE=all|generate|score
 #   EVAL_SHARD=I/N       decode only share I (0-based) of N of the directions (generate; SLURM array tasks)
@@ -11,7 +11,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-CKPT=${CKPT:-$SAVE_DIR/checkpoint_best.pt}
+CKPT=${CKPT:-$EVAL_CHECKPOINT}
 BEAM=${BEAM:-5}
 GEN_SUBSET=${GEN_SUBSET:-test}
 GEN_MAX_TOKENS=${GEN_MAX_TOKENS:-8000}

@@ -5,12 +5,18 @@
 #   METHOD=lslo        language-specific LoRA: encoder src*3/4,tgt*1/4 of layers, decoder tgt
 #   METHOD=lslo_prune  LSLo + gradual magnitude pruning (optimizer lslo_pruning)  [default]
 #   METHOD=search      architecture search: every layer `learn`, criterion lslo_label_smoothed_cross_entropy
-# Defaults are the paper's reference hyperparameters; see recipes/common.sh and the README.
+#   PRESET=ours        this project's recipe  [default]
+#   PRESET=paper       the authors' reference recipe: --lslo-preset paper, --warmup-updates 1, --amp,
+#                      seed 2, layerdrop 0, pruning of B only by fairseq's real epochs (masks at the
+#                      start of each epoch, from epoch 2 over 10 epochs), the last epoch evaluated
+# Every variable below can be set in the environment and then wins over the preset; see
+# recipes/common.sh and the README.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+paper() { [ "$PRESET" = paper ]; }
 
 LR=${LR:-$([ "$METHOD" = full ] && echo 1e-4 || echo 3e-3)}
-WARMUP_UPDATES=${WARMUP_UPDATES:-4000}
+WARMUP_UPDATES=${WARMUP_UPDATES:-$(paper && echo 1 || echo 4000)}
 MAX_TOKENS=${MAX_TOKENS:-4000}
 UPDATE_FREQ=${UPDATE_FREQ:-4}
 MAX_EPOCH=${MAX_EPOCH:-15}
@@ -19,7 +25,10 @@ LABEL_SMOOTHING=${LABEL_SMOOTHING:-0.2}
 SAMPLING_TEMPERATURE=${SAMPLING_TEMPERATURE:-5}
 DROPOUT=${DROPOUT:-0.1}
 ATTENTION_DROPOUT=${ATTENTION_DROPOUT:-0.1}
-SEED=${SEED:-1}
+SEED=${SEED:-$(paper && echo 2 || echo 1)}
+LAYERDROP=${LAYERDROP:-$(paper && echo 0 || true)}   # empty: the model's own
+# --amp (instead of FP16's --fp16) on every node that is not CPU=1
+AMP=${AMP:-$(paper && [ "$CPU" != 1 ] && echo 1 || echo 0)}
 DDP_BACKEND=${DDP_BACKEND:-no_c10d}
 SAVE_INTERVAL_UPDATES=${SAVE_INTERVAL_UPDATES:-1000}   # checkpoint_last.pt for requeue
 LOG_INTERVAL=${LOG_INTERVAL:-100}
@@ -28,19 +37,33 @@ NUM_WORKERS=${NUM_WORKERS:-1}
 LSLO_RANK=${LSLO_RANK:-high:2,medium:2,low:8}
 LSLO_ALPHA=${LSLO_ALPHA:-}
 LSLO_SHARED_RANK=${LSLO_SHARED_RANK:-}
+LSLO_PRESET=${LSLO_PRESET:-$(paper && echo paper || true)}   # the model's --lslo-preset (empty: its default)
 ENC_POSITIONS=${ENC_POSITIONS:-q,k,v,fc1,fc2}
 DEC_POSITIONS=${DEC_POSITIONS:-q,k,v,cross_q,cross_k,cross_v,fc1,fc2}
 _src=$(( ENCODER_LAYERS * 3 / 4 )); [ "$_src" -ge 1 ] || _src=1
 ENC_ROUTING=${ENC_ROUTING:-src*$_src$([ "$_src" -lt "$ENCODER_LAYERS" ] && echo ",tgt*$((ENCODER_LAYERS - _src))")}
 DEC_ROUTING=${DEC_ROUTING:-tgt*$DECODER_LAYERS}
-# pruning (issue 3's optimizer)
+# pruning (--optimizer lslo_pruning)
+#   PRUNE_UNIT=epochs            fairseq's real epochs; masks recomputed at the start of each epoch
+#   PRUNE_UNIT=estimated-epochs  epochs converted to updates with UPDATES_PER_EPOCH (estimated from
+#                                the data); masks every PRUNE_INTERVAL updates (the optimizer's 100)
+#   PRUNE_UNIT=updates           PRUNE_START/END/DURATION/INTERVAL in updates
+# From the start of epoch 2 over 10 epochs: PRUNE_START=2 and PRUNE_END=12 or PRUNE_DURATION=10.
 SPARSITY=${SPARSITY:-0.9}
-PRUNE_START=${PRUNE_START:-2}                 # in PRUNE_UNIT (epochs: from the start of epoch 2 ...
-PRUNE_END=${PRUNE_END:-12}                    # ... over 10 epochs, as in the paper)
-PRUNE_UNIT=${PRUNE_UNIT:-epochs}              # epochs | updates
+PRUNE_UNIT=${PRUNE_UNIT:-$(paper && echo epochs || echo estimated-epochs)}
+PRUNE_START=${PRUNE_START:-2}
+if [ -n "${PRUNE_END:-}" ] && [ -n "${PRUNE_DURATION:-}" ]; then
+  echo "train.sh: PRUNE_END=$PRUNE_END and PRUNE_DURATION=$PRUNE_DURATION: set one of them (end = start + duration)" >&2
+  exit 2
+fi
+if [ -z "${PRUNE_END:-}" ] && [ -z "${PRUNE_DURATION:-}" ]; then
+  if paper; then PRUNE_DURATION=10; else PRUNE_END=12; fi
+fi
+PRUNE_END=${PRUNE_END:-}
+PRUNE_DURATION=${PRUNE_DURATION:-}
 PRUNE_INTERVAL=${PRUNE_INTERVAL:-}
 PRUNE_SCOPE=${PRUNE_SCOPE:-language}
-PRUNE_FACTORS=${PRUNE_FACTORS:-AB}
+PRUNE_FACTORS=${PRUNE_FACTORS:-$(paper && echo B || echo AB)}
 # architecture search
 ROUTING_ENTROPY_WEIGHT=${ROUTING_ENTROPY_WEIGHT:-0}
 
@@ -67,10 +90,11 @@ args=("$DATA_DIR" --user-dir "$USER_DIR"
   --save-interval-updates "$SAVE_INTERVAL_UPDATES" --keep-interval-updates 1 --num-workers "$NUM_WORKERS")
 [ "$MAX_UPDATE" != 0 ] && args+=(--max-update "$MAX_UPDATE")
 [ "$CPU" = 1 ] && args+=(--cpu)
-args+=($(lslo_fp16_flag))
+if [ "$AMP" = 1 ]; then args+=(--amp); else args+=($(lslo_fp16_flag)); fi
+[ -n "$LAYERDROP" ] && args+=(--encoder-layerdrop "$LAYERDROP" --decoder-layerdrop "$LAYERDROP")
 
-# The pruning schedule is given to the optimizer in updates; PRUNE_UNIT=epochs (the paper's
-# "from epoch 2 over 10 epochs") converts with UPDATES_PER_EPOCH, estimated from the data.
+# PRUNE_UNIT=estimated-epochs gives the optimizer the schedule in updates, converted with
+# UPDATES_PER_EPOCH (estimated from the data); PRUNE_UNIT=epochs/updates pass it on as it is.
 world_size() {
   if [[ "${DISTRIBUTED_ARGS:-}" =~ --distributed-world-size\ ([0-9]+) ]]; then echo "${BASH_REMATCH[1]}"
   elif [ "$CPU" != 1 ] && command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi -L | grep -c GPU
@@ -78,13 +102,16 @@ world_size() {
 }
 # epochs are fairseq's 1-based epoch numbers: epoch E starts after (E - 1) * UPDATES_PER_EPOCH updates
 prune_updates() {
-  if [ "$PRUNE_UNIT" = updates ]; then echo "$1"
-  else awk -v e="$1" -v u="$UPDATES_PER_EPOCH" 'BEGIN { x = (e - 1) * u; printf "%d\n", (x < 0 ? 0 : x) + 0.5 }'; fi
+  awk -v e="$1" -v u="$UPDATES_PER_EPOCH" 'BEGIN { x = (e - 1) * u; printf "%d\n", (x < 0 ? 0 : x) + 0.5 }'
 }
 if [ "$METHOD" = lslo_prune ]; then
   case "$PRUNE_UNIT" in
-    updates) UPDATES_PER_EPOCH=1 ;;
-    epochs)
+    updates|epochs)
+      prune_args=(--lslo-prune-unit "$PRUNE_UNIT" --lslo-prune-start "$PRUNE_START")
+      if [ -n "$PRUNE_DURATION" ]; then prune_args+=(--lslo-prune-duration "$PRUNE_DURATION")
+      else prune_args+=(--lslo-prune-end "$PRUNE_END"); fi ;;
+    estimated-epochs)
+      [ -n "$PRUNE_END" ] || PRUNE_END=$(awk -v s="$PRUNE_START" -v d="$PRUNE_DURATION" 'BEGIN { print s + d }')
       if [ -n "${UPDATES_PER_EPOCH:-}" ]; then :
       elif [ "${DRY_RUN:-0}" = 1 ] && [ ! -f "$DATA_DIR/langs.tsv" ]; then UPDATES_PER_EPOCH=1000
         echo "train.sh: dry run without data: pruning schedule shown for UPDATES_PER_EPOCH=1000" >&2
@@ -92,17 +119,18 @@ if [ "$METHOD" = lslo_prune ]; then
         UPDATES_PER_EPOCH=$("$LSLO_PYTHON" -m data_prep.epoch_size "$DATA_DIR" --max-tokens "$MAX_TOKENS" \
           --update-freq "$UPDATE_FREQ" --world-size "$(world_size)")
         echo "train.sh: about $UPDATES_PER_EPOCH updates per epoch (estimated; set UPDATES_PER_EPOCH to override)" >&2
-      fi ;;
-    *) echo "train.sh: PRUNE_UNIT=$PRUNE_UNIT: expected epochs or updates" >&2; exit 2 ;;
+      fi
+      prune_args=(--lslo-prune-unit updates --lslo-prune-start "$(prune_updates "$PRUNE_START")"
+        --lslo-prune-end "$(prune_updates "$PRUNE_END")") ;;
+    *) echo "train.sh: PRUNE_UNIT=$PRUNE_UNIT: expected epochs, estimated-epochs or updates" >&2; exit 2 ;;
   esac
-  PRUNE_START_UPDATES=$(prune_updates "$PRUNE_START")
-  PRUNE_END_UPDATES=$(prune_updates "$PRUNE_END")
 fi
 
 lslo_args=(--arch lslo_transformer --lslo-langs "$DATA_DIR/langs.tsv" --lslo-rank "$LSLO_RANK"
   --lslo-encoder-positions "$ENC_POSITIONS" --lslo-decoder-positions "$DEC_POSITIONS")
 [ -n "$LSLO_ALPHA" ] && lslo_args+=(--lslo-alpha "$LSLO_ALPHA")
 [ -n "$LSLO_SHARED_RANK" ] && lslo_args+=(--lslo-shared-rank "$LSLO_SHARED_RANK")
+[ -n "$LSLO_PRESET" ] && lslo_args+=(--lslo-preset "$LSLO_PRESET")
 adam=(--optimizer adam)
 ls_ce=(--criterion label_smoothed_cross_entropy)
 
@@ -113,8 +141,7 @@ case "$METHOD" in
   lslo_prune)
     method_args=("${lslo_args[@]}" --lslo-encoder-routing "$ENC_ROUTING" --lslo-decoder-routing "$DEC_ROUTING" "${ls_ce[@]}"
       --optimizer lslo_pruning --lslo-inner-optimizer adam --lslo-sparsity "$SPARSITY"
-      --lslo-prune-unit updates --lslo-prune-start "$PRUNE_START_UPDATES" --lslo-prune-end "$PRUNE_END_UPDATES"
-      --lslo-prune-scope "$PRUNE_SCOPE" --lslo-prune-factors "$PRUNE_FACTORS")
+      "${prune_args[@]}" --lslo-prune-scope "$PRUNE_SCOPE" --lslo-prune-factors "$PRUNE_FACTORS")
     [ -n "$PRUNE_INTERVAL" ] && method_args+=(--lslo-prune-interval "$PRUNE_INTERVAL") ;;
   search)
     method_args=("${lslo_args[@]}" --lslo-encoder-routing "learn*$ENCODER_LAYERS" --lslo-decoder-routing "learn*$DECODER_LAYERS"

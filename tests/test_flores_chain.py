@@ -94,3 +94,68 @@ def test_dry_run_prints_every_command(tmp_path, method, expect):
     assert "--raw " in evaluate and "--no-score" not in evaluate and "--shard" not in evaluate
     assert not any("fairseq_cli.generate" in x or "data_prep.score" in x for x in lines)
     assert not root.exists()  # nothing ran
+
+
+PAPER_TRAIN = ["--lslo-preset paper", "--lr 3e-3", "--lr-scheduler inverse_sqrt", "--warmup-updates 1", "--amp",
+               "--seed 2", "--encoder-layerdrop 0 --decoder-layerdrop 0", "--sampling-temperature 5",
+               "--label-smoothing 0.2", "--max-epoch 15", "--optimizer lslo_pruning", "--lslo-sparsity 0.9",
+               "--lslo-prune-unit epochs", "--lslo-prune-start 2", "--lslo-prune-duration 10",
+               "--lslo-prune-factors B", "--lslo-prune-scope language",
+               "--lslo-encoder-positions q\\,k\\,v\\,fc1\\,fc2",
+               "--lslo-decoder-positions q\\,k\\,v\\,cross_q\\,cross_k\\,cross_v\\,fc1\\,fc2",
+               "--lslo-encoder-routing src\\*9\\,tgt\\*3", "--lslo-decoder-routing tgt\\*12",
+               "--lslo-rank high:2\\,medium:2\\,low:8"]
+
+
+def dry_run_lines(env):
+    r = make("flores12", {"DRY_RUN": "1", **env})
+    assert r.returncode == 0, r.stderr
+    return r.stdout.splitlines(), r.stderr
+
+
+def test_dry_run_paper_preset_is_the_reference_recipe(tmp_path):
+    lines, _ = dry_run_lines({"PRESET": "paper", "DATA_ROOT": str(tmp_path / "never")})
+    (train,) = [x for x in lines if "fairseq_cli.train" in x]
+    for flag in PAPER_TRAIN:
+        assert flag + " " in train, (flag, train[-1500:])
+    for flag in ("--fp16", "--lslo-prune-end", "--lslo-prune-interval", "--warmup-updates 4000", "--cpu"):
+        assert flag not in train, flag
+    assert "runs/lang12-615M-lslo_prune-paper/checkpoints" in train  # its own run folder
+    evals = [x for x in lines if "fairseq_cli.generate" in x]
+    assert len(evals) == 132 and all("--beam 5" in x for x in evals)
+    assert all("lang12-615M-lslo_prune-paper/checkpoints/checkpoint_last.pt" in x for x in evals)  # the last epoch
+    assert not (tmp_path / "never").exists()
+
+
+def test_dry_run_presets_and_their_overrides(tmp_path):
+    root = str(tmp_path / "never")
+    lines, _ = dry_run_lines({"DATA_ROOT": root})  # ours, unchanged by the paper preset
+    (train,) = [x for x in lines if "fairseq_cli.train" in x]
+    for flag in ("--warmup-updates 4000", "--seed 1", "--lslo-prune-factors AB", "--lslo-prune-unit updates",
+                 "--lslo-prune-start 1000", "--lslo-prune-end 11000"):
+        assert flag + " " in train, flag
+    for flag in ("--lslo-preset", "--amp", "layerdrop"):
+        assert flag not in train, flag
+    assert all("checkpoints/checkpoint_best.pt" in x for x in lines if "fairseq_cli.generate" in x)
+    # a variable set by the user wins over the preset; PRUNE_UNIT=epochs alone gives ours by real epochs
+    lines, _ = dry_run_lines({"DATA_ROOT": root, "PRESET": "paper", "CPU": "1", "SEED": "7", "PRUNE_FACTORS": "AB",
+                              "PRUNE_DURATION": "", "PRUNE_END": "9", "EVAL_CHECKPOINT": "/x/checkpoint9.pt",
+                              "LSLO_PRESET": "ours"})
+    (train,) = [x for x in lines if "fairseq_cli.train" in x]
+    for flag in ("--seed 7", "--lslo-prune-factors AB", "--lslo-prune-end 9", "--lslo-preset ours", "--cpu"):
+        assert flag + " " in train or train.endswith(flag + " "), flag
+    assert "--amp" not in train and "--lslo-prune-duration" not in train
+    assert all("--path /x/checkpoint9.pt" in x for x in lines if "fairseq_cli.generate" in x)
+    lines, _ = dry_run_lines({"DATA_ROOT": root, "PRUNE_UNIT": "epochs", "STEPS": "train"})
+    (train,) = [x for x in lines if "fairseq_cli.train" in x]
+    assert "--lslo-prune-unit epochs --lslo-prune-start 2 --lslo-prune-end 12 " in train
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"PRESET": "papr"}, "PRESET=papr: expected ours or paper"),
+    ({"PRUNE_END": "12", "PRUNE_DURATION": "10"}, "PRUNE_END=12 and PRUNE_DURATION=10: set one of them"),
+    ({"PRUNE_UNIT": "steps"}, "PRUNE_UNIT=steps: expected epochs, estimated-epochs or updates"),
+])
+def test_dry_run_rejects_inconsistent_variables(tmp_path, env, message):
+    r = make("flores12", {"DRY_RUN": "1", "STEPS": "train", "DATA_ROOT": str(tmp_path / "never"), **env})
+    assert r.returncode != 0 and message in r.stderr, r.stderr

@@ -31,6 +31,7 @@ def fakes(tmp_path):
     write_exe(bin_dir / "sbatch", f'''
 n=$(( $(cat {log}/count 2>/dev/null || echo 100) + 1 )); echo $n > {log}/count
 printf '%s\\n' "$@" > {log}/sbatch.$n
+echo "PRESET=$PRESET" > {log}/sbatch.$n.env
 echo "$n;cluster"
 ''')
     write_exe(bin_dir / "scontrol", f'echo "$@" >> {log}/scontrol\n')
@@ -175,3 +176,25 @@ def test_eval_array_task_decodes_its_share_and_score_job_checks_the_checkpoint(f
     r = subprocess.run(["bash", os.path.join(REPO, "recipes", "slurm", "eval_array.sbatch")], env=env,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "EVAL_SHARDS" in r.stderr
+
+
+def test_paper_preset_reaches_the_slurm_jobs(fakes):
+    env = {**fakes["env"], "SLURM": "1", "STEPS": "prepare,train,evaluate", "PRESET": "paper",
+           "DATA_ROOT": str(fakes["tmp"] / "root"), "LSLO_PYTHON": sys.executable}
+    del env["DATA_DIR"]
+    r = subprocess.run(["make", "-s", "flores12"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    for i in (101, 102, 103, 104):  # sbatch passes the submitting environment on (--export=ALL)
+        assert (fakes["log"] / f"sbatch.{i}.env").read_text().strip() == "PRESET=paper"
+    # the training job itself, on a GPU node (not CPU=1): the reference recipe, epochs read from fairseq
+    env = {**fakes["env"], "PRESET": "paper", "METHOD": "lslo_prune", "CPU": "0", "GPUS_PER_NODE": "2"}
+    script = os.path.join(REPO, "recipes", "slurm", "train_1node.sbatch")
+    r = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    (py,) = glob.glob(str(fakes["log"] / "python.*"))  # one Python call: no updates-per-epoch estimate
+    args = read_args(py)
+    for flag, value in (("--lslo-preset", "paper"), ("--warmup-updates", "1"), ("--seed", "2"),
+                        ("--lslo-prune-unit", "epochs"), ("--lslo-prune-start", "2"), ("--lslo-prune-duration", "10"),
+                        ("--lslo-prune-factors", "B"), ("--distributed-world-size", "2")):
+        assert args[args.index(flag) + 1] == value, flag
+    assert "--amp" in args and "--fp16" not in args and "--lslo-prune-end" not in args

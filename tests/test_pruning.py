@@ -171,7 +171,7 @@ def test_bad_sparsity_names_the_flag(spec):
 
 def args_for(**kw):
     base = dict(lslo_sparsity="0.9", lslo_prune_start=0, lslo_prune_end=10, lslo_prune_unit="updates",
-                lslo_updates_per_epoch=None, lslo_prune_interval=1, lslo_prune_scope="language",
+                lslo_prune_duration=None, lslo_updates_per_epoch=None, lslo_prune_interval=1, lslo_prune_scope="language",
                 lslo_prune_factors="AB", lslo_inner_optimizer="adam", optimizer="lslo_pruning",
                 lr=[0.5], adam_betas="(0.9, 0.98)", adam_eps=1e-8, weight_decay=0.0, tpu=False)
     base.update(kw)
@@ -182,15 +182,30 @@ def test_bad_schedule_flags_name_the_flag():
     model = TinyLSLo()
     with pytest.raises(LSLoConfigError, match="--lslo-prune-end"):
         schedule_from_args(args_for(lslo_prune_start=10, lslo_prune_end=5), model)
-    with pytest.raises(LSLoConfigError, match="--lslo-prune-end is required"):
+    with pytest.raises(LSLoConfigError, match="needs the end of the schedule: --lslo-prune-end T, or --lslo-prune-dur"):
         schedule_from_args(args_for(lslo_prune_end=None), model)
-    with pytest.raises(LSLoConfigError, match="--lslo-prune-interval"):
+    with pytest.raises(LSLoConfigError, match="either --lslo-prune-end .* or --lslo-prune-duration"):
+        schedule_from_args(args_for(lslo_prune_end=12, lslo_prune_duration=10), model)
+    with pytest.raises(LSLoConfigError, match="--lslo-prune-duration must be >= 0"):
+        schedule_from_args(args_for(lslo_prune_end=None, lslo_prune_duration=-1), model)
+    with pytest.raises(LSLoConfigError, match="--lslo-prune-interval must be a positive number of updates"):
         schedule_from_args(args_for(lslo_prune_interval=0), model)
-    with pytest.raises(LSLoConfigError, match="--lslo-updates-per-epoch"):
-        schedule_from_args(args_for(lslo_prune_unit="epochs"), model)
-    s = schedule_from_args(args_for(lslo_prune_unit="epochs", lslo_prune_start=1, lslo_prune_end=2.5,
-                                    lslo_updates_per_epoch=40), model)
-    assert (s.start, s.end) == (40, 100)
+    with pytest.raises(LSLoConfigError, match="--lslo-prune-interval must be a positive number of epochs"):
+        schedule_from_args(args_for(lslo_prune_unit="epochs", lslo_prune_interval=0), model)
+    with pytest.raises(LSLoConfigError, match="--lslo-updates-per-epoch is no longer used"):
+        schedule_from_args(args_for(lslo_prune_unit="epochs", lslo_updates_per_epoch=40), model)
+    with pytest.raises(LSLoConfigError, match="--lslo-prune-end must be a whole number of epochs"):
+        schedule_from_args(args_for(lslo_prune_unit="epochs", lslo_prune_start=1, lslo_prune_end=2.5), model)
+    with pytest.raises(LSLoConfigError, match="--lslo-prune-duration must be a whole number of updates"):
+        schedule_from_args(args_for(lslo_prune_end=None, lslo_prune_duration=0.5), model)
+    with pytest.raises(LSLoConfigError, match="--lslo-prune-unit must be one of updates, epochs"):
+        schedule_from_args(args_for(lslo_prune_unit="steps"), model)
+    s = schedule_from_args(args_for(lslo_prune_unit="epochs", lslo_prune_start=2, lslo_prune_end=None,
+                                    lslo_prune_duration=10, lslo_prune_interval=None), model)
+    assert (s.unit, s.start, s.end, s.interval) == ("epochs", 2, 12, 1)  # t2 is a duration; every epoch
+    s = schedule_from_args(args_for(lslo_prune_start=50, lslo_prune_end=None, lslo_prune_duration=100,
+                                    lslo_prune_interval=None), model)
+    assert (s.unit, s.start, s.end, s.interval) == ("updates", 50, 150, 100)
     with pytest.raises(LSLoConfigError, match="--lslo-inner-optimizer"):
         LSLoPruningOptimizer(args_for(lslo_inner_optimizer="nope"), trainable_parameters(model), model=model)
     with pytest.raises(LSLoConfigError, match="--momentum is an option of"):
@@ -208,7 +223,7 @@ def fairseq_cfg(opt_args, bf16=False, no_flatten=False):
 
 
 def build(wrapper, model, monkeypatch, **kw):
-    args = args_for(lslo_prune_start=2, lslo_prune_end=12, lslo_prune_interval=2, **kw)
+    args = args_for(**{"lslo_prune_start": 2, "lslo_prune_end": 12, "lslo_prune_interval": 2, **kw})
     params = trainable_parameters(model)
     if wrapper == "plain":
         return optim.build_optimizer(args, params)
@@ -219,6 +234,8 @@ def build(wrapper, model, monkeypatch, **kw):
         return optim.FP16Optimizer.build_optimizer(fairseq_cfg(args, no_flatten=True), params)
     if wrapper == "bf16":
         return optim.FP16Optimizer.build_optimizer(fairseq_cfg(args, bf16=True), params)
+    if wrapper == "memory-efficient-fp16":
+        return optim.MemoryEfficientFP16Optimizer.build_optimizer(fairseq_cfg(args), params)
     if wrapper == "memory-efficient-bf16":
         return optim.MemoryEfficientFP16Optimizer.build_optimizer(fairseq_cfg(args, bf16=True), params)
     if wrapper == "amp":
@@ -285,10 +302,15 @@ def test_state_dict_round_trip_and_mapping_errors(monkeypatch):
             p.grad = torch.randn_like(p)
         opt.step()
     state = opt.state_dict()
-    assert state["lslo_pruning"]["steps"] == 3
+    assert state["param_groups"][0]["lslo_pruning"]["steps"] == 3  # inside the torch optimizer's state
     fresh = build("plain", model, monkeypatch)
     fresh.load_state_dict(state)
-    assert fresh._steps == 3 and len(fresh.optimizer.state) == len(opt.optimizer.state)
+    assert fresh.pruning_state["steps"] == 3 and len(fresh.optimizer.state) == len(opt.optimizer.state)
+    legacy = dict(state, param_groups=[{k: v for k, v in g.items() if k != "lslo_pruning"}
+                                       for g in state["param_groups"]])
+    legacy["lslo_pruning"] = {"version": 1, "steps": 7, "schedule": opt.plan.schedule.to_dict()}
+    fresh.load_state_dict(legacy)  # a version-1 checkpoint kept it at the top
+    assert fresh.pruning_state["steps"] == 7 and fresh.pruning_state["epoch"] is None
     with pytest.raises(ValueError, match="neither"):
         map_parameter_space([torch.zeros(3, 3)], trainable_parameters(model))
     copies = [p.detach().clone() + 1 for p in trainable_parameters(model)]

@@ -128,3 +128,96 @@ def test_fp16_run_through_fairseq_fp16_optimizer(runs):
         assert torch.all(weights[~state[key]] == 0), key
     kept = sum(int(state[k].sum()) for k in masks)
     assert kept == 2 * (1536 - 1382) + (3072 - 1536)
+
+
+# --- the reference schedule: fairseq's real epochs, B only, masks at each epoch start ---------
+P, T1, T2, EPOCHS = 0.9, 2, 3, 5
+
+
+def reference_sparsity(epoch):
+    """The reference implementation's schedule, from its formula (t2 is a duration)."""
+    if epoch < T1:
+        return 0.0
+    if epoch > T1 + T2:
+        return P
+    return P - P * (1 - (epoch - T1) / T2) ** 3
+
+
+def epoch_flags(base, save_dir, *extra):
+    return ["--arch", "lslo_transformer", "--lslo-langs", "en:high,fr:high,de:low", "--lslo-rank", "high:2,low:4",
+            "--lslo-encoder-routing", "src,tgt", "--lslo-decoder-routing", "tgt*2", "--finetune-from-model", base,
+            "--optimizer", "lslo_pruning", "--adam-betas", "(0.9,0.98)", "--lr", "0.01", "--clip-norm", "0.5",
+            "--lslo-sparsity", str(P), "--lslo-prune-factors", "B", "--lslo-prune-unit", "epochs",
+            "--lslo-prune-start", str(T1), "--lslo-prune-duration", str(T2), "--max-epoch", str(EPOCHS),
+            "--train-subset", "valid", "--max-tokens", "150",  # a small split: short epochs, several updates each
+            "--save-dir", save_dir, *extra]
+
+
+def epoch_train(data, *flags):
+    """train() with per-epoch checkpoints (checkpointN.pt) kept."""
+    cmd = [os.path.join(BIN, "fairseq-train"), data, "--user-dir", os.path.join(ROOT, "fairseq_lslo"),
+           "--task", "translation_multi_simple_epoch", "--lang-pairs", ",".join(PAIRS), "--encoder-langtok", "src",
+           "--decoder-langtok", *DIMS, "--cpu", "--num-workers", "0", "--seed", "3",
+           "--criterion", "label_smoothed_cross_entropy", "--no-progress-bar", "--log-interval", "1",
+           "--disable-validation", *flags]
+    return ok(subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True))
+
+
+def updates_in(path):
+    return load_checkpoint(path)["optimizer_history"][-1]["num_updates"]
+
+
+@pytest.fixture(scope="module")
+def epoch_runs(trained, tmp_path_factory):
+    root = tmp_path_factory.mktemp("prune_epochs")
+    base = os.path.join(trained.base_dir, "checkpoint_best.pt")
+    whole = epoch_train(trained.data, *epoch_flags(base, str(root / "whole")))
+    stop = updates_in(str(root / "whole" / "checkpoint2.pt")) + 2  # inside epoch 3
+    first = epoch_train(trained.data, *epoch_flags(base, str(root / "split"), "--max-update", str(stop)))
+    second = epoch_train(trained.data, *epoch_flags(base, str(root / "split")))
+    return {"root": root, "whole": whole, "first": first, "second": second, "stop": stop}
+
+
+def test_reference_schedule_prunes_B_at_epoch_starts(epoch_runs):
+    root, log = epoch_runs["root"], epoch_runs["whole"].stdout + epoch_runs["whole"].stderr
+    for epoch in range(T1, EPOCHS + 1):
+        done = updates_in(str(root / "whole" / f"checkpoint{epoch - 1}.pt"))
+        assert f"LSLo pruning at the start of epoch {epoch} ({done} updates done)" in log
+    assert "LSLo pruning at the start of epoch 1 " not in log and "LSLo pruning at update" not in log
+    previous_updates = 0
+    for epoch in range(1, EPOCHS + 1):
+        path = str(root / "whole" / f"checkpoint{epoch}.pt")
+        state = lslo_state(path)
+        updates = updates_in(path)
+        assert updates > previous_updates + 2  # several updates per epoch: masks are not per update
+        previous_updates = updates
+        a_masks = [k for k in state if k.endswith("_mask") and k.split(".")[-1].startswith("A")]
+        assert a_masks and all(state[k].all() for k in a_masks)  # A is never pruned
+        per_language = {}  # language -> (B weights, pruned B weights)
+        for key in (k for k in state if k.endswith("_mask") and k.split(".")[-1].startswith("B")):
+            bucket, mask = key.split(".")[-1], state[key]
+            codes = ["en", "fr"] if bucket == "B2_mask" else ["de"]  # slots per rank bucket, in inventory order
+            for code, slot in zip(codes, mask):
+                n, p = per_language.get(code, (0, 0))
+                per_language[code] = (n + slot.numel(), p + int((~slot).sum()))
+                assert torch.all(state[key[: -len("_mask")]][list(codes).index(code)][~slot] == 0)
+        for code, (n, pruned) in per_language.items():  # one threshold per language, one P for all
+            assert pruned == round(reference_sparsity(epoch) * n), (epoch, code, pruned, n)
+
+
+def test_reference_schedule_resumed_mid_epoch_equals_uninterrupted(epoch_runs):
+    root = epoch_runs["root"]
+    first = epoch_runs["first"].stdout + epoch_runs["first"].stderr
+    second = epoch_runs["second"].stdout + epoch_runs["second"].stderr
+    saved = [line for line in first.splitlines() if "Saved checkpoint" in line]
+    assert f"checkpoint_last.pt (epoch 3 @ {epoch_runs['stop']} updates" in "\n".join(saved), saved
+    assert "LSLo pruning at the start of epoch 3 (" in first
+    assert "LSLo pruning at the start of epoch 3 (" not in second  # resumed inside epoch 3: masks kept
+    assert "LSLo pruning at the start of epoch 4 (" in second
+    whole = lslo_state(str(root / "whole" / "checkpoint_last.pt"))
+    split = lslo_state(str(root / "split" / "checkpoint_last.pt"))
+    assert whole.keys() == split.keys()
+    for key in whole:
+        assert torch.equal(whole[key], split[key]), key
+    saved = load_checkpoint(str(root / "split" / "checkpoint_last.pt"))["last_optimizer_state"]
+    assert saved["param_groups"][0]["lslo_pruning"]["epoch"] == EPOCHS

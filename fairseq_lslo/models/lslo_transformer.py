@@ -26,6 +26,7 @@ from ..data_check import check_binarized
 from ..langtok import LanguageTokens, task_directions
 from ..languages import LSLoConfigError
 from ..modules.adapter_file import load_adapters
+from ..modules.epochs import announce_epoch, follow_task_epochs
 from ..modules.lslo_linear import INITS, SCALINGS, LSLoLinear, is_lslo_key
 from ..modules.placement import DECODER_POSITIONS, ENCODER_POSITIONS, ROUTES, compact_routing
 from ..modules.pruning import publish_prunable
@@ -150,6 +151,7 @@ class LSLoTransformerModel(TransformerModel):
         check_training_data(task)
         model = super().build_model(args, task)
         model.install_lslo(spec, resolver)
+        follow_task_epochs(task, model)  # fairseq tells the task, not the model, when an epoch begins
         model.lslo_adapters_pending = None
         path = getattr(args, "lslo_adapters", None)
         if path and os.path.exists(path):
@@ -207,6 +209,11 @@ class LSLoTransformerModel(TransformerModel):
         """fairseq calls this before every forward in training: remember it for pruning."""
         super().set_num_updates(num_updates)
         self.lslo_num_updates = int(num_updates)
+
+    def set_epoch(self, epoch):
+        """Called at the start of every fairseq-train epoch (see modules/epochs.py): tell pruning."""
+        super().set_epoch(epoch)
+        announce_epoch(self, epoch)
 
     def load_lslo_adapters(self, path: str) -> None:
         """Copy an lslo-export file's adapters and masks into the model (configurations must match).

@@ -31,6 +31,8 @@ from .lslo_linear import LowRankBank, LSLoLinear
 
 SCOPES = ("language", "layer")
 FACTOR_CHOICES = ("A", "B", "AB")
+#: schedule units: optimizer updates, or fairseq's real epochs (masks at each epoch's start)
+UNITS = ("updates", "epochs")
 #: the pseudo-group of the single adapter of ``shared`` layers
 SHARED = "shared"
 
@@ -69,7 +71,14 @@ def parse_sparsity(spec, groups: Sequence[str], has_shared: bool) -> Dict[str, f
 
 @dataclass
 class PruneSchedule:
-    """When and how far to prune; all times in optimizer updates."""
+    """When and how far to prune; times in ``unit``: optimizer updates, or fairseq's epochs.
+
+    With ``updates``, time ``t`` is the update just completed (masks are recomputed after it);
+    with ``epochs``, ``t`` is the (1-based) fairseq epoch about to begin (masks are recomputed
+    at its start, before its first batch).  The target sparsity at ``t`` is the cubic schedule
+    of :func:`cubic_sparsity` from ``start`` to ``end``; with ``end = t1 + t2`` this is the
+    reference implementation's ``P - P (1 - (t - t1) / t2)^3``.
+    """
 
     final: Dict[str, float]  # final sparsity per group (and 'shared')
     start: int
@@ -77,8 +86,11 @@ class PruneSchedule:
     interval: int = 1
     scope: str = "language"
     factors: str = "AB"
+    unit: str = "updates"
 
     def __post_init__(self):
+        if self.unit not in UNITS:
+            raise LSLoConfigError(f"--lslo-prune-unit must be one of {', '.join(UNITS)}, got {self.unit!r}")
         if self.start < 0:
             raise LSLoConfigError(f"--lslo-prune-start must be >= 0, got {self.start}")
         if self.end < self.start:
@@ -86,7 +98,9 @@ class PruneSchedule:
                 f"--lslo-prune-end ({self.end}) must not come before --lslo-prune-start ({self.start})"
             )
         if self.interval <= 0:
-            raise LSLoConfigError(f"--lslo-prune-interval must be a positive number of updates, got {self.interval}")
+            raise LSLoConfigError(
+                f"--lslo-prune-interval must be a positive number of {self.unit}, got {self.interval}"
+            )
         if self.scope not in SCOPES:
             raise LSLoConfigError(f"--lslo-prune-scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
         if self.factors not in FACTOR_CHOICES:
@@ -95,20 +109,20 @@ class PruneSchedule:
             )
 
     def sparsity(self, group: str, t: int) -> float:
-        """Target sparsity of ``group`` after update ``t``."""
+        """Target sparsity of ``group`` at time ``t``."""
         if self.end == self.start:  # one-shot pruning at ``start``
             return self.final[group] if t >= self.start else 0.0
         return cubic_sparsity(t, self.start, self.end, self.final[group])
 
     def is_mask_update(self, t: int) -> bool:
-        """Masks are recomputed after updates start + k * interval (<= end), and after ``end``."""
+        """Masks are recomputed at times start + k * interval (<= end), and at ``end``."""
         if t < self.start or t > self.end:
             return False
         return t == self.end or (t - self.start) % self.interval == 0
 
     def to_dict(self) -> dict:
         return {"final": dict(self.final), "start": self.start, "end": self.end, "interval": self.interval,
-                "scope": self.scope, "factors": self.factors}
+                "scope": self.scope, "factors": self.factors, "unit": self.unit}
 
 
 @dataclass
@@ -135,11 +149,12 @@ class PruneUnit:
 class PruneReport:
     """What one mask update did: per group target and achieved sparsity of the prunable weights."""
 
-    update: int
+    update: int  # the schedule's time t, in ``unit``
     target: Dict[str, float]
     achieved: Dict[str, float]
     pruned: Dict[str, int]
     prunable: Dict[str, int]
+    unit: str = "updates"
 
 
 class PruningPlan:
@@ -190,7 +205,7 @@ class PruningPlan:
         return self.tensors[j].owners[i]
 
     def target_count(self, unit: PruneUnit, t: int) -> int:
-        """How many weights of ``unit`` are pruned after update ``t``."""
+        """How many weights of ``unit`` are pruned at time ``t``."""
         if self.schedule.scope == "language":
             n = sum(self.tensors[j].mask[i].numel() for j, i in unit.pieces)
             return int(round(self.schedule.sparsity(self.group_of[unit.name], t) * n))
@@ -202,7 +217,7 @@ class PruningPlan:
 
     @torch.no_grad()
     def update_masks(self, values: Sequence[Tensor], t: int) -> PruneReport:
-        """Prune every unit to its target after update ``t``, by magnitude of ``values``.
+        """Prune every unit to its target at time ``t``, by magnitude of ``values``.
 
         ``values[j]`` holds the current weights of ``tensors[j]`` (same shape; e.g. the
         optimizer's fp32 master copy).  Masks only shrink: already pruned weights stay
@@ -244,6 +259,7 @@ class PruningPlan:
             achieved={g: pruned[g] / max(prunable[g], 1) for g in groups},
             pruned={g: pruned[g] for g in groups},
             prunable={g: prunable[g] for g in groups},
+            unit=self.schedule.unit,
         )
 
     def language_counts(self) -> Dict[str, Tuple[int, int]]:

@@ -26,8 +26,20 @@ fp16 wrappers copy the zeroed fp32 weights back into the model after the step.
 **Which update is it?**  fairseq calls ``model.set_num_updates(n)`` before every forward
 (``n`` = updates done so far) and when it loads a checkpoint; the model keeps it, so a step
 completes update ``n + 1``.  Skipped steps (fp16/AMP overflow) do not count, exactly as in
-fairseq.  fairseq does not tell models or optimizers the epoch, so with
-``--lslo-prune-unit epochs`` an epoch is ``--lslo-updates-per-epoch`` updates.
+fairseq.
+
+**Which epoch is it?**  With ``--lslo-prune-unit epochs`` the schedule runs on fairseq's own
+epoch numbers: fairseq-train tells the model when an epoch begins (via the task's
+``begin_epoch``, :mod:`fairseq_lslo.modules.epochs`), including the epoch it resumes in, and the
+model calls :meth:`LSLoPruningOptimizer.begin_epoch`, which recomputes the masks before the
+epoch's first batch.  A run resumed in the middle of an epoch does not recompute them: the
+epoch whose masks were last computed is part of the saved state.
+
+**Where is the state saved?**  fairseq's wrappers save different things: FP16Optimizer and
+MemoryEfficientFP16Optimizer save this wrapper's ``state_dict()``, AMPOptimizer saves the
+*torch* optimizer's directly.  So the pruning state (a small dict of numbers) lives in the
+torch optimizer's first parameter group (``param_groups[0]["lslo_pruning"]``), which every
+one of them saves and torch restores on load; masks live in the model's buffers.
 """
 from __future__ import annotations
 
@@ -52,10 +64,12 @@ from fairseq.optim import (
 from omegaconf import OmegaConf
 
 from ..languages import LSLoConfigError
+from ..modules.epochs import current_epoch, listen_to_epochs
 from ..modules.pruning import (
     FACTOR_CHOICES,
     SCOPES,
     SHARED,
+    UNITS,
     PruneReport,
     PruneSchedule,
     PruningPlan,
@@ -67,7 +81,12 @@ from ..modules.pruning import (
 logger = logging.getLogger(__name__)
 
 NAME = "lslo_pruning"
+#: the key of the pruning state, in the torch optimizer's first parameter group (version 2) or,
+#: in checkpoints of version 1, at the top of this wrapper's state dict
 STATE_KEY = "lslo_pruning"
+STATE_VERSION = 2
+#: default --lslo-prune-interval per --lslo-prune-unit
+DEFAULT_INTERVAL = {"updates": 100, "epochs": 1}
 #: inner optimizers that cannot sit inside this wrapper
 NOT_WRAPPABLE = {NAME, "composite"}
 
@@ -129,24 +148,31 @@ class LSLoPruningOptimizer(LegacyFairseqOptimizer):
         parser.add_argument("--lslo-sparsity", default="0.9", metavar="SPEC",
                             help="final sparsity per resource group, e.g. high:0.9,medium:0.9,low:0.5 (add "
                                  "shared:S for 'shared' layers), or one value for all; each in [0, 1)")
+        parser.add_argument("--lslo-prune-unit", choices=list(UNITS), default="updates",
+                            help="unit of --lslo-prune-start/-end/-duration/-interval: 'updates' (masks are "
+                                 "recomputed after updates), or 'epochs': fairseq-train's own (1-based) epoch "
+                                 "numbers, masks recomputed at the start of an epoch, before its first batch "
+                                 "(default: updates)")
         parser.add_argument("--lslo-prune-start", type=float, default=0, metavar="T",
-                            help="start of the cubic schedule (sparsity 0 until then), in --lslo-prune-unit")
+                            help="start t1 of the cubic schedule (sparsity 0 until then), in --lslo-prune-unit")
         parser.add_argument("--lslo-prune-end", type=float, default=None, metavar="T",
                             help="end of the cubic schedule (final sparsity from then on), in --lslo-prune-unit; "
-                                 "required")
-        parser.add_argument("--lslo-prune-unit", choices=["updates", "epochs"], default="updates",
-                            help="unit of --lslo-prune-start/--lslo-prune-end (default: updates)")
+                                 "this or --lslo-prune-duration is required")
+        parser.add_argument("--lslo-prune-duration", type=float, default=None, metavar="T",
+                            help="length t2 of the cubic schedule, instead of --lslo-prune-end (end = start + "
+                                 "duration), as the reference implementation gives it: sparsity at t is "
+                                 "P - P * (1 - (t - t1) / t2)^3")
+        parser.add_argument("--lslo-prune-interval", type=int, default=None, metavar="N",
+                            help="masks are recomputed every N units from the start (and at the end): default "
+                                 "100 updates, or 1 epoch (every epoch start) with --lslo-prune-unit epochs")
         parser.add_argument("--lslo-updates-per-epoch", type=int, default=None, metavar="N",
-                            help="updates in one epoch, to convert epochs to updates with --lslo-prune-unit "
-                                 "epochs (fairseq does not tell the optimizer the epoch; see the num_updates "
-                                 "it logs at 'end of epoch 1')")
-        parser.add_argument("--lslo-prune-interval", type=int, default=100, metavar="N",
-                            help="updates between two mask recomputations (default: 100)")
+                            help=argparse.SUPPRESS)  # removed: kept only to explain (see schedule_from_args)
         parser.add_argument("--lslo-prune-scope", choices=list(SCOPES), default="language",
                             help="one magnitude threshold per language over all its layers (language, the "
                                  "default) or per transformer layer over all languages (layer)")
         parser.add_argument("--lslo-prune-factors", choices=list(FACTOR_CHOICES), default="AB",
-                            help="which LoRA factors are pruned: A, B or both (AB, the default)")
+                            help="which LoRA factors are pruned: A, B or both (AB, the default; one joint threshold); "
+                                 "the reference implementation prunes B only")
         add_inner_optimizer_args(parser)
 
     def __init__(self, args, params, model: Optional[nn.Module] = None):
@@ -159,16 +185,20 @@ class LSLoPruningOptimizer(LegacyFairseqOptimizer):
         model_params = trainable_parameters(self.model)
         index = {id(p): i for i, p in enumerate(model_params)}
         self.tensor_regions = [self.regions[index[id(t.param)]] for t in self.plan.tensors]
-        self._steps = 0
+        self._written: Optional[dict] = None
+        self._write_state(version=STATE_VERSION, steps=0, epoch=None, schedule=self.plan.schedule.to_dict())
         self._first_step = True
         self._has_pruned: Optional[bool] = None
         self.last_report: Optional[PruneReport] = None
         s = self.plan.schedule
+        if s.unit == "epochs":
+            listen_to_epochs(self.model, self.begin_epoch)
         logger.info(
             "LSLo pruning: %s around %s on %d tensors (%d units, scope %s, factors %s); sparsity %s "
-            "from update %d to %d, masks every %d updates",
+            "from %s %d to %d, masks every %d %s%s",
             NAME, inner_name, len(self.plan.tensors), len(self.plan.units), s.scope, s.factors,
-            ",".join(f"{g}:{v:g}" for g, v in s.final.items()), s.start, s.end, s.interval,
+            ",".join(f"{g}:{v:g}" for g, v in s.final.items()), s.unit[:-1], s.start, s.end, s.interval, s.unit,
+            " (at the start of the epoch)" if s.unit == "epochs" else "",
         )
 
     # --- delegation to the inner optimizer ----------------------------------------------
@@ -234,46 +264,107 @@ class LSLoPruningOptimizer(LegacyFairseqOptimizer):
     def supports_flat_params(self):
         return self.inner.supports_flat_params
 
-    # --- state --------------------------------------------------------------------------
-    def state_dict(self):
-        state = dict(self.inner.state_dict())
-        state[STATE_KEY] = {"version": 1, "steps": self._steps, "schedule": self.plan.schedule.to_dict()}
+    # --- state: in the torch optimizer's first parameter group (see the module docstring) ----
+    @property
+    def pruning_state(self) -> dict:
+        """``{"version", "steps", "epoch", "schedule"}``: updates stepped, epoch whose masks are computed."""
+        group = self.inner.optimizer.param_groups[0]
+        state = group.get(STATE_KEY)
+        if state is not self._written:  # replaced by a load_state_dict (ours or one that bypasses us)
+            state = self._adopt_loaded(state)
         return state
+
+    def _write_state(self, **changes) -> None:
+        state = dict(self.pruning_state) if self._written is not None else {}
+        state.update(changes)
+        # a new dict each time: a state_dict() taken earlier keeps the values of its moment
+        self._written = state
+        self.inner.optimizer.param_groups[0][STATE_KEY] = state
+
+    def _adopt_loaded(self, state: Optional[dict]) -> dict:
+        fresh = {"version": STATE_VERSION, "steps": 0, "epoch": None, "schedule": self.plan.schedule.to_dict()}
+        if not isinstance(state, dict):
+            logger.warning("LSLo pruning: the loaded optimizer state has no pruning entry (saved by another "
+                           "optimizer?); the masks in the model are kept and the schedule continues from them")
+            state = fresh
+        else:
+            saved, now = state.get("schedule", {}), self.plan.schedule.to_dict()
+            changed = [f"{k}: {saved.get(k)} -> {v}" for k, v in now.items() if saved.get(k, v) != v]
+            if changed:
+                logger.warning("LSLo pruning: the schedule differs from the checkpoint's (%s); masks already "
+                               "pruned stay pruned", "; ".join(changed))
+            state = {**fresh, "steps": int(state.get("steps", 0)), "epoch": state.get("epoch")}
+        self._written = None
+        self._write_state(**state)
+        return self._written
+
+    def state_dict(self):
+        self.pruning_state  # noqa: B018  (adopts a state loaded behind our back before saving it again)
+        return self.inner.state_dict()
 
     def load_state_dict(self, state_dict, optimizer_overrides=None):
         state_dict = dict(state_dict)
-        ours = state_dict.pop(STATE_KEY, None)
+        legacy = state_dict.pop(STATE_KEY, None)  # version 1 kept it at the top of this dict
         self.inner.load_state_dict(state_dict, optimizer_overrides)
-        if ours is None:
-            logger.warning("LSLo pruning: the optimizer state has no pruning entry (saved by another optimizer?)")
-            return
-        self._steps = int(ours.get("steps", 0))
-        saved, now = ours.get("schedule", {}), self.plan.schedule.to_dict()
-        changed = [f"{k}: {saved.get(k)} -> {v}" for k, v in now.items() if saved.get(k) != v]
-        if changed:
-            logger.warning("LSLo pruning: the schedule differs from the checkpoint's (%s); masks already "
-                           "pruned stay pruned", "; ".join(changed))
+        if legacy is not None and STATE_KEY not in self.inner.optimizer.param_groups[0]:
+            self.inner.optimizer.param_groups[0][STATE_KEY] = {"steps": legacy.get("steps", 0), "epoch": None,
+                                                              "schedule": legacy.get("schedule", {})}
+        self.pruning_state  # noqa: B018  (compares the schedules now, while loading)
 
     # --- the step -----------------------------------------------------------------------
     def current_update(self) -> int:
         """The update this step completes (1-based), from the count fairseq gives the model."""
         done = getattr(self.model, "lslo_num_updates", None)
-        return int(done) + 1 if done is not None else self._steps + 1
+        return int(done) + 1 if done is not None else int(self.pruning_state["steps"]) + 1
+
+    @torch.no_grad()
+    def begin_epoch(self, epoch: int) -> None:
+        """At the start of fairseq epoch ``epoch`` (before its first batch): masks of the epoch schedule."""
+        schedule = self.plan.schedule
+        if schedule.unit != "epochs":
+            return
+        if self.pruning_state.get("epoch") == epoch:  # resumed inside this epoch: its masks exist
+            if epoch >= schedule.start:
+                self.last_report = self.plan.report(epoch)
+            return
+        if epoch >= schedule.start and (schedule.is_mask_update(epoch) or epoch > schedule.end):
+            values = [r.of(r.param.data) for r in self.tensor_regions]
+            self.last_report = self.plan.update_masks(values, epoch)
+            self._has_pruned = None
+            # (the model's update count is the one before the last update's forward: one behind here)
+            log_report(self.last_report, int(self.pruning_state["steps"]))
+            if self.has_pruned():
+                self._apply_masks(grads=False)
+        self._write_state(epoch=int(epoch))
+
+    def _catch_up_epoch(self) -> None:
+        epoch = current_epoch(self.model)
+        if epoch is None:
+            raise LSLoConfigError(
+                "--lslo-prune-unit epochs: the model was never told the epoch. fairseq-train tells it through "
+                "the task that built it (task.begin_epoch); elsewhere call model.set_epoch(epoch) at each epoch "
+                "start, or give the schedule in updates (--lslo-prune-unit updates)"
+            )
+        if self.pruning_state.get("epoch") != epoch:  # the epoch began before this optimizer listened
+            self.begin_epoch(epoch)
 
     def step(self, closure=None, scale=1.0, groups=None):
+        schedule = self.plan.schedule
+        if schedule.unit == "epochs":
+            self._catch_up_epoch()
         t = self.current_update()
         if self.has_pruned():
             self._apply_masks(grads=True)
         self.inner.step(closure, scale=scale, groups=groups)
-        self._steps += 1
-        schedule = self.plan.schedule
-        if schedule.is_mask_update(t) or (self._first_step and t > schedule.end):
-            values = [r.of(r.param.data) for r in self.tensor_regions]
-            self.last_report = self.plan.update_masks(values, t)
-            self._has_pruned = None
-            log_report(self.last_report)
-        elif self._first_step and t > schedule.start:  # resumed: report the masks it continues with
-            self.last_report = self.plan.report(t)
+        self._write_state(steps=int(self.pruning_state["steps"]) + 1)
+        if schedule.unit == "updates":
+            if schedule.is_mask_update(t) or (self._first_step and t > schedule.end):
+                values = [r.of(r.param.data) for r in self.tensor_regions]
+                self.last_report = self.plan.update_masks(values, t)
+                self._has_pruned = None
+                log_report(self.last_report, t)
+            elif self._first_step and t > schedule.start:  # resumed: report the masks it continues with
+                self.last_report = self.plan.report(t)
         self._first_step = False
         if self.has_pruned():
             self._apply_masks(grads=False)
@@ -296,6 +387,8 @@ class LSLoPruningOptimizer(LegacyFairseqOptimizer):
                     region.of(region.param.grad).mul_(mask)
                 continue
             region.of(region.param.data).mul_(mask)
+            if region.param is not tensor.param:  # an fp32 copy: the model's own weights too
+                tensor.param.data.mul_(mask)
             for value in state.get(region.param, {}).values():
                 if torch.is_tensor(value) and value.shape == region.param.shape:
                     region.of(value).mul_(mask)
@@ -393,42 +486,59 @@ def schedule_from_args(args, model: nn.Module) -> PruneSchedule:
     has_shared = SHARED in spec.routes_used()
     groups = list(dict.fromkeys(group for _, group in spec.languages))
     final = parse_sparsity(getattr(args, "lslo_sparsity", "0.9"), groups, has_shared)
+    unit = getattr(args, "lslo_prune_unit", "updates")
+    if unit not in UNITS:
+        raise LSLoConfigError(f"--lslo-prune-unit must be one of {', '.join(UNITS)}, got {unit!r}")
+    if getattr(args, "lslo_updates_per_epoch", None) is not None:
+        raise LSLoConfigError(
+            "--lslo-updates-per-epoch is no longer used: --lslo-prune-unit epochs now follows fairseq-train's "
+            "real epochs (masks at the start of each epoch). Drop the flag, or give the schedule in updates "
+            "(--lslo-prune-unit updates) to recompute masks within epochs"
+        )
     start = getattr(args, "lslo_prune_start", 0)
     end = getattr(args, "lslo_prune_end", None)
-    if end is None:
-        raise LSLoConfigError("--lslo-prune-end is required with --optimizer lslo_pruning (end of the schedule)")
-    unit = getattr(args, "lslo_prune_unit", "updates")
-    if unit == "epochs":
-        per_epoch = getattr(args, "lslo_updates_per_epoch", None)
-        if per_epoch is None or per_epoch <= 0:
-            raise LSLoConfigError(
-                "--lslo-prune-unit epochs needs --lslo-updates-per-epoch N (a positive number of updates; "
-                "fairseq logs num_updates at 'end of epoch 1')"
-            )
-        start, end = round(float(start) * per_epoch), round(float(end) * per_epoch)
-    elif unit == "updates":
-        for flag, value in (("--lslo-prune-start", start), ("--lslo-prune-end", end)):
-            if float(value) != int(float(value)):
-                raise LSLoConfigError(f"{flag} must be a whole number of updates with --lslo-prune-unit updates, got {value}")
-        start, end = int(float(start)), int(float(end))
-    else:
-        raise LSLoConfigError(f"--lslo-prune-unit must be updates or epochs, got {unit!r}")
+    duration = getattr(args, "lslo_prune_duration", None)
+    if end is not None and duration is not None:
+        raise LSLoConfigError(
+            f"give either --lslo-prune-end ({end:g}) or --lslo-prune-duration ({duration:g}), not both "
+            "(end = start + duration)"
+        )
+    if end is None and duration is None:
+        raise LSLoConfigError(
+            "--optimizer lslo_pruning needs the end of the schedule: --lslo-prune-end T, or "
+            "--lslo-prune-duration T (end = --lslo-prune-start + T)"
+        )
+    if duration is not None and float(duration) < 0:
+        raise LSLoConfigError(f"--lslo-prune-duration must be >= 0, got {duration:g}")
+    times = {"--lslo-prune-start": start}
+    times["--lslo-prune-end" if duration is None else "--lslo-prune-duration"] = end if duration is None else duration
+    for flag, value in times.items():
+        if float(value) != int(float(value)):
+            raise LSLoConfigError(f"{flag} must be a whole number of {unit} with --lslo-prune-unit {unit}, got {value}")
+    start = int(float(start))
+    end = int(float(end)) if duration is None else start + int(float(duration))
+    interval = getattr(args, "lslo_prune_interval", None)
     return PruneSchedule(
         final=final, start=start, end=end,
-        interval=int(getattr(args, "lslo_prune_interval", 100)),
+        interval=DEFAULT_INTERVAL[unit] if interval is None else int(interval),
         scope=getattr(args, "lslo_prune_scope", "language"),
         factors=getattr(args, "lslo_prune_factors", "AB"),
+        unit=unit,
     )
 
 
-def log_report(report: PruneReport) -> None:
+def log_report(report: PruneReport, updates_done: int) -> None:
     """One INFO line per mask update: target and achieved sparsity (pruned/prunable) per group."""
     parts = [
         f"{g} target {report.target[g]:.4f} achieved {report.achieved[g]:.4f} "
         f"({report.pruned[g]}/{report.prunable[g]})"
         for g in report.target
     ]
-    logger.info("LSLo pruning at update %d: %s", report.update, "; ".join(parts))
+    if report.unit == "epochs":
+        logger.info("LSLo pruning at the start of epoch %d (%d updates done): %s", report.update, updates_done,
+                    "; ".join(parts))
+    else:
+        logger.info("LSLo pruning at update %d: %s", report.update, "; ".join(parts))
 
 
 def log_metrics(report: PruneReport) -> None:
