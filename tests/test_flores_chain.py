@@ -121,9 +121,10 @@ def test_dry_run_paper_preset_is_the_reference_recipe(tmp_path):
     for flag in ("--fp16", "--lslo-prune-end", "--lslo-prune-interval", "--warmup-updates 4000", "--cpu"):
         assert flag not in train, flag
     assert "runs/lang12-615M-lslo_prune-paper/checkpoints" in train  # its own run folder
-    evals = [x for x in lines if "fairseq_cli.generate" in x]
-    assert len(evals) == 132 and all("--beam 5" in x for x in evals)
-    assert all("lang12-615M-lslo_prune-paper/checkpoints/checkpoint_last.pt" in x for x in evals)  # the last epoch
+    (evaluate,) = [x for x in lines if "fairseq_lslo.cli.evaluate" in x]  # all 132 directions, one model load
+    assert "--beam 5 " in evaluate
+    assert len(evaluate.split("--directions ")[1].split()[0].split("\\,")) == 132
+    assert "lang12-615M-lslo_prune-paper/checkpoints/checkpoint_last.pt " in evaluate  # the last epoch
     assert not (tmp_path / "never").exists()
 
 
