@@ -21,13 +21,19 @@ def gen_file(path, hyps):
             f.write(f"H-{i}\t-0.5\t▁{h}\nD-{i}\t-0.5\t{h}\nP-{i}\t-0.1 -0.2\n")
 
 
-def test_scores_group_table_and_heatmap(tmp_path):
+def eval_folders(tmp_path):
+    """(data, raw, gen, out) folders: a 3-language inventory and the reference sentences in raw/."""
     data, raw, gen, out = (tmp_path / d for d in ("bin", "raw", "gen", "eval"))
     for d in (data, raw, gen):
         d.mkdir()
     (data / "langs.tsv").write_text("en\teng\thigh\nfr\tfra\thigh\nwo\twol\tlow\n")
     for lang, sents in SENTS.items():
         (raw / f"test.{lang}").write_text("\n".join(sents) + "\n")
+    return data, raw, gen, out
+
+
+def test_scores_group_table_and_heatmap(tmp_path):
+    data, raw, gen, out = eval_folders(tmp_path)
     text = tmp_path / "all.txt"
     text.write_text("\n".join(s for v in SENTS.values() for s in v) + "\n")
     spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / "sp"), vocab_size=60,
@@ -79,12 +85,7 @@ def test_hypotheses_with_a_gap_are_an_error_not_empty_strings(tmp_path):
 def test_a_rerun_reuses_the_scores_of_unchanged_directions(tmp_path, monkeypatch):
     from data_prep import score as score_mod
 
-    data, raw, gen, out = (tmp_path / d for d in ("bin", "raw", "gen", "eval"))
-    for d in (data, raw, gen):
-        d.mkdir()
-    (data / "langs.tsv").write_text("en\teng\thigh\nfr\tfra\thigh\nwo\twol\tlow\n")
-    for lang, sents in SENTS.items():
-        (raw / f"test.{lang}").write_text("\n".join(sents) + "\n")
+    data, raw, gen, out = eval_folders(tmp_path)
     monkeypatch.setattr(score_mod, "heatmap", lambda rows, langs, path: None)
     monkeypatch.setattr(score_mod.Scorer, "spbleu", lambda self, h, r: 11.0 * len(r))
     gen_file(gen / "en-fr.gen", SENTS["fr"])
