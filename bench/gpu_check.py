@@ -43,6 +43,8 @@ for _p in (ROOT, TESTS):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+from data_prep.fsutil import atomic_write_text  # noqa: E402  (no torch: importable before the wheels)
+
 CHECKS = ("tests", "train", "resume", "bench")
 ROUTES = ("src", "tgt", "shared", "learn")
 PRECISIONS = {"cuda": ("fp16", "bf16", "amp"), "cpu": ("fp32", "fp16", "bf16")}
@@ -384,11 +386,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(table(rows), flush=True)
     report = {"format": "lslo-gpu-check/1", "device": device, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
               "rows": [asdict(r) for r in rows]}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(tmp, args.out)
+    atomic_write_text(args.out, json.dumps(report, indent=1))
     return 1 if any(r.status == "FAIL" for r in rows) or not rows else 0
 
 
