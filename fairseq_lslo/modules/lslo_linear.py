@@ -161,12 +161,12 @@ class LowRankBank(nn.Module):
         apply = LowRankAdd.apply if torch.is_grad_enabled() else low_rank_add_
         if uniform is not None:
             A, Bt = self._cached(("slot", uniform), lambda: self._masked(uniform))
-            scale = self.slot_scale[uniform : uniform + 1].to(x.dtype)
+            scale = self.slot_scale[uniform : uniform + 1]
             return apply(out, x, A, Bt, scale, None, self.row_ranks).view(shape)
         self._check_time_major(x, slots)
         A_all, Bt_all = self._cached(("stack",), lambda: self._masked(None))
         rows = self.slot_row.index_select(0, slots)
-        scale = self.slot_scale.index_select(0, slots).to(x.dtype)
+        scale = self.slot_scale.index_select(0, slots)
         return apply(out, x, A_all, Bt_all, scale, rows, self.row_ranks).view(shape)
 
     def linear_with_delta(
@@ -177,13 +177,13 @@ class LowRankBank(nn.Module):
             return self.add_delta(F.linear(x, weight, bias), x, slots, uniform)
         if uniform is not None:
             A, Bt = self._masked(uniform)
-            scale = self.slot_scale[uniform : uniform + 1].to(x.dtype)
+            scale = self.slot_scale[uniform : uniform + 1]
             rows = None
         else:
             self._check_time_major(x, slots)
             A, Bt = self._masked(None)
             rows = self.slot_row.index_select(0, slots)
-            scale = self.slot_scale.index_select(0, slots).to(x.dtype)
+            scale = self.slot_scale.index_select(0, slots)
         out = LinearLowRank.apply(x, weight, bias, A, Bt, scale, rows, self.row_ranks)
         return out.view(x.shape[:-1] + (weight.size(0),))
 
