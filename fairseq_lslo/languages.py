@@ -11,11 +11,9 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Sequence, Tuple, TypeVar
 
+from .errors import LSLoConfigError  # noqa: F401  (re-exported for older imports)
+
 T = TypeVar("T")
-
-
-class LSLoConfigError(ValueError):
-    """A command-line flag or a configuration file has a value LSLo cannot use."""
 
 
 @dataclass(frozen=True)
