@@ -13,11 +13,12 @@ PYTEST_ARGS ?=
 DEMO ?= default
 DEMO_ARGS ?=
 
-.PHONY: install test demo bench soak clean help flores12 flores30 gpu-wheels gpu-check gpu-site
+.PHONY: install test test-all demo bench soak clean help flores12 flores30 gpu-wheels gpu-check gpu-site
 
 help:
 	@echo "make demo     run the main job on the embedded synthetic benchmark (CPU, minutes; DEMO=tiny|default)"
-	@echo "make test     run the test suite (installs first if needed)"
+	@echo "make test     run the test suite, less the slow tests (installs first if needed; a few minutes)"
+	@echo "make test-all run the slow tests (demo, FLORES chain, resume, interop...): make test + make test-all = all"
 	@echo "make install  create $(VENV) with torch, fairseq and this package (editable)"
 	@echo "make bench    speed/memory benchmarks -> results/bench/bench.json, deploy_speed.json"
 	@echo "make soak     2,000-update CPU run with pruning: NaN and memory check -> results/bench/soak.json"
@@ -35,8 +36,13 @@ $(STAMP): setup.py
 	$(PY) -c "import torch, fairseq, fairseq_lslo; print('torch', torch.__version__, '| fairseq', fairseq.__version__)"
 	touch $@
 
+# the suite is split by the "slow" marker (pytest.ini): make test runs the rest, make test-all the
+# slow tests only, so that CI (.ci/run: both) runs each test once
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+
+test-all: install
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS) tests
 
 demo: install
 	OMP_NUM_THREADS=1 $(PY) -m fairseq_lslo.demo --demo $(DEMO) $(DEMO_ARGS)
