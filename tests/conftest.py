@@ -134,11 +134,21 @@ def valid_losses(log: str) -> List[float]:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
-    """Tiny data, a plain transformer base, and an LSLo fine-tuning run from it (real CLIs)."""
-    from fairseq_lslo.testing.tinydata import bin_dir_for
+    """Tiny data, a plain transformer base, and an LSLo fine-tuning run from it (real fairseq-train).
+
+    The data is binarized in this process: the same bytes as tinydata.bin_dir_for's fairseq-preprocess
+    calls, without their three start-ups (fairseq-preprocess itself runs in the demo, make test-all).
+    """
+    from fairseq_lslo.testing.tinydata import make_corpus
+    from search_helpers import binarized_corpus
 
     root = str(tmp_path_factory.mktemp("e2e"))
-    data = bin_dir_for(root, LANGS, PAIRS)
+    data = binarized_corpus(root, LANGS, PAIRS)
+    os.makedirs(os.path.join(root, "raw"))
+    for split, per_lang in make_corpus(LANGS).items():  # the raw text, as bin_dir_for leaves it
+        for lang, sentences in per_lang.items():
+            with open(os.path.join(root, "raw", f"{split}.{lang}"), "w", encoding="utf-8") as f:
+                f.write("\n".join(sentences) + "\n")
     base_dir, lslo_dir = os.path.join(root, "base"), os.path.join(root, "lslo")
     run([os.path.join(BIN, "fairseq-train"), data, *TASK, "--arch", "transformer", *CLI_DIMS, *CLI_TRAIN,
          "--lr", "0.005", "--max-update", "60", "--save-dir", base_dir])
