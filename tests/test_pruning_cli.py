@@ -43,18 +43,24 @@ def ok(result):
 
 
 @pytest.fixture(scope="module")
-def runs(trained, tmp_path_factory):
-    """Pruning runs from the session's tiny data and plain-transformer base (conftest.trained)."""
+def whole_run(trained, tmp_path_factory):
+    """A pruning run from the session's tiny data and plain-transformer base (conftest.trained)."""
     root = tmp_path_factory.mktemp("prune")
     data = trained.data
     base = os.path.join(trained.base_dir, "checkpoint_best.pt")
     whole = ok(train(data, *pruning_flags(base, str(root / "whole"), 10)))
+    return {"data": data, "base": base, "root": root, "whole": whole}
+
+
+@pytest.fixture(scope="module")
+def runs(whole_run):
+    """whole_run, the same run stopped at update 5 and resumed, and an fp16 run (three more fairseq-train)."""
+    data, base, root = whole_run["data"], whole_run["base"], whole_run["root"]
     first = ok(train(data, *pruning_flags(base, str(root / "split"), 5)))
     second = ok(train(data, *pruning_flags(base, str(root / "split"), 10)))
     # fairseq's FP16Optimizer hands lslo_pruning fp32 copies of the (fp16) model weights
     fp16 = ok(train(data, *pruning_flags(base, str(root / "fp16"), 10), "--fp16", "--fp16-no-flatten-grads"))
-    return {"data": data, "base": base, "root": root, "whole": whole, "first": first, "second": second,
-            "fp16": fp16}
+    return {**whole_run, "first": first, "second": second, "fp16": fp16}
 
 
 def lslo_state(path):
@@ -62,6 +68,7 @@ def lslo_state(path):
     return {k: v for k, v in model.items() if "lslo_" in k}
 
 
+@pytest.mark.slow
 def test_resume_mid_schedule_equals_uninterrupted(runs):
     assert "checkpoint_last.pt (epoch 1 @ 5 updates)" in runs["second"].stderr + runs["second"].stdout
     log = runs["whole"].stderr + runs["whole"].stdout
@@ -78,8 +85,8 @@ def test_resume_mid_schedule_equals_uninterrupted(runs):
             assert torch.all(whole[key[: -len("_mask")]][~whole[key]] == 0), key
 
 
-def test_stats_match_hand_count(runs, capsys):
-    path = str(runs["root"] / "whole" / "checkpoint_last.pt")
+def test_stats_match_hand_count(whole_run, capsys):
+    path = str(whole_run["root"] / "whole" / "checkpoint_last.pt")
     assert stats.main([path, "--json"]) == 0  # in-process: a subprocess would re-import fairseq (seconds)
     record = json.loads(capsys.readouterr().out)
     vocab = load_checkpoint(path)["model"]["encoder.embed_tokens.weight"].shape[0]
@@ -105,18 +112,19 @@ def test_stats_match_hand_count(runs, capsys):
     assert "shared" not in record
 
 
-def test_stats_errors_and_table(runs, capsys):
-    assert stats.main([str(runs["root"] / "whole" / "checkpoint_last.pt")]) == 0
+def test_stats_errors_and_table(whole_run, capsys):
+    assert stats.main([str(whole_run["root"] / "whole" / "checkpoint_last.pt")]) == 0
     table = capsys.readouterr().out
     assert "[total]" in table and "en" in table
-    assert stats.main([runs["base"]]) == 1
+    assert stats.main([whole_run["base"]]) == 1
     assert "not an LSLo checkpoint" in capsys.readouterr().err
-    not_ckpt = runs["root"] / "notes.txt"
+    not_ckpt = whole_run["root"] / "notes.txt"
     not_ckpt.write_text("hello")
     assert stats.main([str(not_ckpt)]) == 1
     assert str(not_ckpt) in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_fp16_run_through_fairseq_fp16_optimizer(runs):
     log = runs["fp16"].stderr + runs["fp16"].stdout
     assert "LSLo pruning at update 8: high target 0.9000 achieved 0.8997" in log
@@ -178,6 +186,7 @@ def epoch_runs(trained, tmp_path_factory):
     return {"root": root, "whole": whole, "first": first, "second": second, "stop": stop}
 
 
+@pytest.mark.slow
 def test_reference_schedule_prunes_B_at_epoch_starts(epoch_runs):
     root, log = epoch_runs["root"], epoch_runs["whole"].stdout + epoch_runs["whole"].stderr
     for epoch in range(T1, EPOCHS + 1):
@@ -205,6 +214,7 @@ def test_reference_schedule_prunes_B_at_epoch_starts(epoch_runs):
             assert pruned == round(reference_sparsity(epoch) * n), (epoch, code, pruned, n)
 
 
+@pytest.mark.slow
 def test_reference_schedule_resumed_mid_epoch_equals_uninterrupted(epoch_runs):
     root = epoch_runs["root"]
     first = epoch_runs["first"].stdout + epoch_runs["first"].stderr
