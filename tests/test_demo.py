@@ -67,6 +67,7 @@ def tiny_demo(tmp_path_factory):
     return out, done.stdout
 
 
+@pytest.mark.slow
 def test_tiny_demo_outputs(tiny_demo):
     out, stdout = tiny_demo
     assert "==> [7/7]" in stdout and "elapsed" in stdout
@@ -80,6 +81,7 @@ def test_tiny_demo_outputs(tiny_demo):
     assert (out / "bleu_per_language.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_tiny_demo_binaries_follow_the_resource_groups(tiny_demo):
     from fairseq.data.indexed_dataset import MMapIndexedDataset
 
@@ -93,6 +95,7 @@ def test_tiny_demo_binaries_follow_the_resource_groups(tiny_demo):
     assert len(MMapIndexedDataset(str(ft / "test.la-ha.ha"))) == SIZES["tiny"].test
 
 
+@pytest.mark.slow
 def test_tiny_demo_every_method_beats_the_base(tiny_demo):
     """Our methods by MIN_GAIN_BLEU; the reference parameterisation's runs (the study compares them
     with ours, it does not tune them) must at least improve on the base."""
@@ -105,6 +108,7 @@ def test_tiny_demo_every_method_beats_the_base(tiny_demo):
             assert m["bleu"]["overall"] > base + margin, (name, m["bleu"]["overall"], base)
 
 
+@pytest.mark.slow
 def test_tiny_demo_parameter_counts(tiny_demo):
     out, _ = tiny_demo
     summary = json.loads((out / "summary.json").read_text())
@@ -128,6 +132,7 @@ def test_tiny_demo_parameter_counts(tiny_demo):
     assert (out / "sparsity.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_tiny_demo_reports_the_parameterisation_study(tiny_demo):
     out, _ = tiny_demo
     summary = json.loads((out / "summary.json").read_text())
@@ -161,13 +166,20 @@ def test_study_summary_takes_mean_and_range_over_seeds():
     assert "all -0.5 (seed ranges overlap)" in md
 
 
-def test_demo_rejects_bad_jobs():
-    done = subprocess.run([sys.executable, "-m", "fairseq_lslo.demo", "--jobs", "0"], cwd=REPO,
-                          capture_output=True, text=True)
-    assert done.returncode != 0 and "--jobs" in done.stderr
+def demo_exit(capsys, *argv):
+    """python -m fairseq_lslo.demo's main in this process (a subprocess would import fairseq: seconds)."""
+    from fairseq_lslo.demo.run import main
+
+    with pytest.raises(SystemExit) as done:
+        main(list(argv))
+    return done.value.code, capsys.readouterr().err
 
 
-def test_demo_rejects_bad_seeds():
-    done = subprocess.run([sys.executable, "-m", "fairseq_lslo.demo", "--seeds", "1,x"], cwd=REPO,
-                          capture_output=True, text=True)
-    assert done.returncode != 0 and "--seeds" in done.stderr
+def test_demo_rejects_bad_jobs(capsys):
+    code, err = demo_exit(capsys, "--jobs", "0")
+    assert code != 0 and "--jobs" in err
+
+
+def test_demo_rejects_bad_seeds(capsys):
+    code, err = demo_exit(capsys, "--seeds", "1,x")
+    assert code != 0 and "--seeds" in err
