@@ -101,9 +101,11 @@ TOOLS = {
 }
 
 
-#: one subprocess per tool (each starts fairseq: seconds); every kind of bad file is covered
-#: for all tools in-process below, since they all read checkpoints through load_checkpoint
-TOOL_CASES = [("stats", "text"), ("arch", "truncated"), ("merge", "directory"), ("export", "truncated")]
+#: one subprocess per tool (each starts fairseq: seconds; make test runs the first, make test-all
+#: the others); every kind of bad file is covered for all tools in-process below, since they all
+#: read checkpoints through load_checkpoint
+TOOL_CASES = [("stats", "text")] + [pytest.param(tool, kind, marks=pytest.mark.slow) for tool, kind in
+                                    (("arch", "truncated"), ("merge", "directory"), ("export", "truncated"))]
 
 
 def bad_file(kind, trained, tmp_path):

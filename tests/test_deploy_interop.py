@@ -40,6 +40,7 @@ def merged_en_de(trained, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_ctranslate2_converts_the_merged_checkpoint_and_translates_like_fairseq(trained, merged_en_de, tmp_path):
     ctranslate2 = require("ctranslate2", "this test")
     ct2_dir = str(tmp_path / "ct2")

@@ -92,6 +92,7 @@ def exported(models):
     return path
 
 
+@pytest.mark.slow
 def test_merged_checkpoint_gives_the_same_hypotheses_without_user_dir(models):
     out = str(models["root"] / "en-de.pt")
     proc = run([sys.executable, "-m", "fairseq_lslo.cli.merge", models["lslo"], "--source-lang", "en",
@@ -176,6 +177,7 @@ def test_merge_bad_output_names_it_and_keeps_what_exists(models, tmp_path, capsy
     assert "give either --source-lang and --target-lang, or --all-directions" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_export_import_round_trip_gives_identical_outputs(models):
     adapters = exported(models)
     with open(adapters, "rb") as f:

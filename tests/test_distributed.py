@@ -43,6 +43,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_ranks_equal_one_process_on_the_union_batch(dict_dir, tmp_path):
     port = free_port()
     script = os.path.join(ROOT, "tests", "scripts", "ddp_worker.py")

@@ -79,6 +79,7 @@ def setup(trained, tmp_path_factory):
             "adapters": adapters, "raw": os.path.join(trained.root, "raw"), "spm": str(root / "sp.model")}
 
 
+@pytest.mark.slow
 def test_one_process_equals_fairseq_generate_per_direction(setup):
     out = setup["root"] / "eval"
     # batches of 5 sentences: 12 per direction, so batches mix two directions at every boundary
@@ -104,6 +105,7 @@ def test_one_process_equals_fairseq_generate_per_direction(setup):
     assert before == {p: os.stat(out / "gen" / f"{p}.gen").st_mtime_ns for p in DIRECTIONS}
 
 
+@pytest.mark.slow
 def test_base_checkpoint_with_exported_adapters(setup):
     out = setup["root"] / "eval-adapters"
     evaluate(setup["data"], out, "--path", setup["base"], "--lslo-adapters", setup["adapters"], "--max-tokens", "60",

@@ -19,6 +19,7 @@ def make(target, env, timeout=300):
     return subprocess.run(["make", "-s", target], cwd=REPO, env=full, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_make_flores12_end_to_end(tmp_path):
     arch = flores_fixture.archives()
     root = tmp_path / "flores"

@@ -84,6 +84,7 @@ def test_layout_and_rerun_does_nothing(unpacked, clean_run):
     assert len((out / "raw" / "valid.en").read_text().splitlines()) == 5
 
 
+@pytest.mark.slow
 def test_killed_run_then_rerun_equals_clean_run(tmp_path, unpacked, clean_run):
     crashed = tmp_path / "crashed"
     r = prepare(unpacked, crashed, env={**ENV, "DATA_PREP_CRASH_AT": "binarize:fr"})

@@ -28,6 +28,7 @@ def passing(tmp_path_factory):
     return status, work, out
 
 
+@pytest.mark.slow
 def test_train_check_passes_on_cpu_and_reports(passing, capsys):
     status, work, out = passing
     report = json.load(open(out))
@@ -43,6 +44,7 @@ def test_train_check_passes_on_cpu_and_reports(passing, capsys):
     assert not torch.equal(base.to(torch.bfloat16).float(), base)
 
 
+@pytest.mark.slow
 def test_a_pruned_weight_that_is_not_zero_is_found(passing, tmp_path):
     _, work, _ = passing
     path = str(tmp_path / "doctored.pt")
@@ -57,6 +59,7 @@ def test_a_pruned_weight_that_is_not_zero_is_found(passing, tmp_path):
     assert "expected 99" in gpu_check.check_pruned_checkpoint(str(work / "train-bf16-learn" / "checkpoint_last.pt"), 99)
 
 
+@pytest.mark.slow
 def test_a_failing_check_gives_a_fail_row_and_exit_1(passing, capsys, tmp_path):
     _, work, _ = passing
     capsys.readouterr()

@@ -406,6 +406,7 @@ def test_key_grammar_round_trips():
         assert parse_factor_key(bad) is None
 
 
+@pytest.mark.slow
 def test_kill_and_resume_with_the_preset(trained, tmp_path):
     """Resume (real fairseq-train, killed mid-pruning) reproduces the uninterrupted run with the preset."""
     from test_resume import PRUNE, check_kill_and_resume

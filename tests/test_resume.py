@@ -47,6 +47,7 @@ def lslo_state(save_dir):
     return {k: v for k, v in model.items() if "lslo_" in k}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_kill_and_resume_equals_uninterrupted(trained, tmp_path, scenario):
     check_kill_and_resume(trained, tmp_path, SCENARIOS[scenario])

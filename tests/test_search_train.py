@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import search_helpers as H
 
 PAIRS = "en-fr,fr-en"
@@ -19,6 +21,7 @@ def log_records(output: str, tag: str):
     return [json.loads(line.split(f"| {tag} | ", 1)[1]) for line in output.splitlines() if f"| {tag} | {{" in line]
 
 
+@pytest.mark.slow
 def test_search_run_logs_metrics_and_lslo_arch_reads_its_checkpoint(tmp_path):
     data = H.binarized_corpus(str(tmp_path), ["en", "fr"], PAIRS.split(","))
     save = str(tmp_path / "ckpt")
