@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .lowrank_ops import LinearLowRank, LowRankAdd, low_rank_add_, masked_factors, precision
-from .keys import BANK_KINDS, LSLO_MARK, bank_attr, entry_name, is_lslo_key  # noqa: F401 (re-exported)
+from .keys import BANK_KINDS, LSLO_MARK, bank_attr, bucket_owners, bucket_rows, entry_name, is_lslo_key  # noqa: F401 (re-exported)
 from .routing import LanguageRouter
 
 #: how A is initialised: ``linear`` U(+-1/sqrt(d_in)) like a fresh nn.Linear(d_in -> r);
@@ -56,17 +56,12 @@ class LowRankBank(nn.Module):
         self.init, self.scaling = init, scaling
         self.rank_buckets: List[int] = sorted(set(self.ranks))
         # slot -> (rank, index inside its bucket); slot -> row in the padded stack
-        self.slot_place: List[Tuple[int, int]] = []
+        self.slot_place: List[Tuple[int, int]] = bucket_rows(self.ranks)
         bucket_start, start = {}, 0
         for r in self.rank_buckets:
             bucket_start[r] = start
             start += self.ranks.count(r)
-        seen = {r: 0 for r in self.rank_buckets}
-        rows = []
-        for r in self.ranks:
-            self.slot_place.append((r, seen[r]))
-            rows.append(bucket_start[r] + seen[r])
-            seen[r] += 1
+        rows = [bucket_start[r] + i for r, i in self.slot_place]
         a_in, a_out = self.adapter_in, self.adapter_out
         for r in self.rank_buckets:
             n = self.ranks.count(r)
@@ -106,6 +101,10 @@ class LowRankBank(nn.Module):
     @property
     def num_slots(self) -> int:
         return len(self.ranks)
+
+    def bucket_slots(self) -> Dict[int, List[int]]:
+        """Rank -> the slots whose factors are the rows of ``A{rank}``/``B{rank}``, in row order."""
+        return bucket_owners(range(self.num_slots), self.ranks)
 
     def factor_tensors(self) -> Iterator[Tuple[str, int, nn.Parameter, Tensor]]:
         """(factor 'A'/'B', rank, parameter, mask) for every bucket."""

@@ -69,6 +69,7 @@ from ..modules.pruning import (
     FACTOR_CHOICES,
     SCOPES,
     SHARED,
+    STRUCTURES,
     UNITS,
     PruneReport,
     PruneSchedule,
@@ -171,8 +172,15 @@ class LSLoPruningOptimizer(LegacyFairseqOptimizer):
                             help="one magnitude threshold per language over all its layers (language, the "
                                  "default) or per transformer layer over all languages (layer)")
         parser.add_argument("--lslo-prune-factors", choices=list(FACTOR_CHOICES), default="AB",
-                            help="which LoRA factors are pruned: A, B or both (AB, the default; one joint threshold); "
-                                 "the reference implementation prunes B only")
+                            help="which LoRA factors are pruned: A, B or both (AB, the default: an entry's score is "
+                                 "the norm of the part of the update it carries, |A[k,j]| ||B[:,k]|| or |B[o,k]| "
+                                 "||A[k,:]||, so neither factor is pruned first for its scale); A or B alone: by "
+                                 "magnitude. The reference implementation prunes B only")
+        parser.add_argument("--lslo-prune-structure", choices=list(STRUCTURES), default="element",
+                            help="what one pruning decision removes: one weight (element, the default) or a "
+                                 "whole rank component of a language, a row of A with its column of B (rank, "
+                                 "scored by ||A[k,:]|| ||B[:,k]||; needs --lslo-prune-factors AB): the kept "
+                                 "ranks shrink, and lslo-export writes the smaller adapters")
         add_inner_optimizer_args(parser)
 
     def __init__(self, args, params, model: Optional[nn.Module] = None):
@@ -194,9 +202,9 @@ class LSLoPruningOptimizer(LegacyFairseqOptimizer):
         if s.unit == "epochs":
             listen_to_epochs(self.model, self.begin_epoch)
         logger.info(
-            "LSLo pruning: %s around %s on %d tensors (%d units, scope %s, factors %s); sparsity %s "
-            "from %s %d to %d, masks every %d %s%s",
-            NAME, inner_name, len(self.plan.tensors), len(self.plan.units), s.scope, s.factors,
+            "LSLo pruning: %s around %s on %d tensors (%d units, scope %s, factors %s, structure %s); "
+            "sparsity %s from %s %d to %d, masks every %d %s%s",
+            NAME, inner_name, len(self.plan.tensors), len(self.plan.units), s.scope, s.factors, s.structure,
             ",".join(f"{g}:{v:g}" for g, v in s.final.items()), s.unit[:-1], s.start, s.end, s.interval, s.unit,
             " (at the start of the epoch)" if s.unit == "epochs" else "",
         )
@@ -524,6 +532,7 @@ def schedule_from_args(args, model: nn.Module) -> PruneSchedule:
         scope=getattr(args, "lslo_prune_scope", "language"),
         factors=getattr(args, "lslo_prune_factors", "AB"),
         unit=unit,
+        structure=getattr(args, "lslo_prune_structure", None) or "element",
     )
 
 
@@ -535,10 +544,28 @@ def log_report(report: PruneReport, updates_done: int) -> None:
         for g in report.target
     ]
     if report.unit == "epochs":
-        logger.info("LSLo pruning at the start of epoch %d (%d updates done): %s", report.update, updates_done,
-                    "; ".join(parts))
+        when = f"at the start of epoch {report.update} ({updates_done} updates done)"
     else:
-        logger.info("LSLo pruning at update %d: %s", report.update, "; ".join(parts))
+        when = f"at update {report.update}"
+    logger.info("LSLo pruning %s: %s", when, "; ".join(parts))
+    log_dead_adapters(report, when)
+
+
+def log_dead_adapters(report: PruneReport, when: str) -> None:
+    """A WARNING for every language this mask update left without an update in some (or all) adapters."""
+    for owner, (names, total) in report.newly_dead.items():
+        dead = report.dead.get(owner, len(names))
+        who = "the shared adapter" if owner == SHARED else f"language {owner}"
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        if dead >= total:
+            logger.warning(
+                "LSLo pruning %s: %s carries no update any more: in every one of its %d adapters all of B or "
+                "all of A (every rank component) is pruned, so it translates like the base model "
+                "(now: %s). Lower its --lslo-sparsity, or see docs/pruning.md", when, who, total, shown)
+        else:
+            logger.warning(
+                "LSLo pruning %s: %s carries no update any more in %d of its %d adapters (all of B or all of A "
+                "pruned there): %s", when, who, dead, total, shown)
 
 
 def log_metrics(report: PruneReport) -> None:
