@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from fairseq_lslo.cli import stats
-from fairseq_lslo.modules.pruning import PruningPlan, live_components, trainable_parameters
+from fairseq_lslo.modules.lslo_linear import live_components
+from fairseq_lslo.modules.pruning import PruningPlan, trainable_parameters
 from fairseq_lslo.modules.routing import BatchLanguages
 from test_pruning import LANGS, TinyLSLo, build, find_pruner, schedule
 

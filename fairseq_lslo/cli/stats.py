@@ -16,7 +16,7 @@ import torch
 
 from ..checkpoint_io import CheckpointError, load_checkpoint
 from ..modules.keys import bucket_owners, parse_factor_key, parse_mix_key
-from ..modules.pruning import live_components
+from ..modules.lslo_linear import live_components
 from ..modules.spec import CONFIG_KEY, LSLoSpec
 
 FORMAT = "lslo-stats/1"
@@ -91,7 +91,6 @@ def compute_stats(path: str, state: Optional[dict] = None) -> dict:
     per_lang = {code: Counter() for code in codes}
     shared, total = Counter(), Counter()
     any_shared = False
-    owners_by_rank = bucket_owners(codes, spec.ranks)
     masks: Dict[tuple, Dict[str, torch.Tensor]] = {}  # (bank, rank) -> {"A": mask, "B": mask, "owners": ...}
     for key, value in model.items():
         if parse_mix_key(key) is not None:
@@ -107,8 +106,8 @@ def compute_stats(path: str, state: Optional[dict] = None) -> dict:
         if m.kind == "shared":
             owners = ["shared"] * value.shape[0]
             any_shared = True
-        else:
-            owners = owners_by_rank.get(rank, [])
+        else:  # the slots of this rank bucket, in inventory order (kept ranks of a compacted bank)
+            owners = bucket_owners(codes, spec.slot_ranks(m.kind, m.bank)).get(rank, [])
         if len(owners) != value.shape[0]:
             raise CheckpointError(
                 f"{path}: {key} holds {value.shape[0]} adapters of rank {rank}, but lslo_config has "
@@ -121,6 +120,10 @@ def compute_stats(path: str, state: Optional[dict] = None) -> dict:
             kept = int(mask[i].sum()) if mask is not None else n
             (shared if owner == "shared" else per_lang[owner]).add(n, kept)
             total.add(n, kept)
+    for bank, ranks in spec.bank_ranks.items():  # slots whose every component rank pruning removed
+        for owner, r in zip(["shared"] if bank.endswith(".lslo_shared") else codes, ranks):
+            if r == 0:
+                (shared if owner == "shared" else per_lang[owner]).add_adapter(0)
     for pair in masks.values():
         if "A" not in pair or "B" not in pair:
             continue

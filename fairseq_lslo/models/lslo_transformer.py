@@ -6,6 +6,7 @@ share the original weights.  Everything that is not LSLo is frozen.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any, Dict, List, Optional
@@ -27,6 +28,7 @@ from ..langtok import LanguageTokens, task_directions
 from ..languages import LSLoConfigError
 from ..modules.adapter_file import load_adapters
 from ..modules.epochs import announce_epoch, follow_task_epochs
+from ..modules.keys import bank_attr, join
 from ..modules.lslo_linear import INITS, SCALINGS, LSLoLinear, is_lslo_key
 from ..modules.placement import DECODER_POSITIONS, ENCODER_POSITIONS, ROUTES, compact_routing
 from ..modules.pruning import publish_prunable
@@ -184,7 +186,7 @@ class LSLoTransformerModel(TransformerModel):
         self.decoder.lslo_router = router
         for side, table in (("encoder", ENCODER_POSITIONS), ("decoder", DECODER_POSITIONS)):
             side_spec = getattr(spec, side)
-            for layer, route in zip(getattr(self, side).layers, side_spec.routing):
+            for index, (layer, route) in enumerate(zip(getattr(self, side).layers, side_spec.routing)):
                 if route == "none":
                     continue
                 for position in side_spec.positions:
@@ -192,7 +194,9 @@ class LSLoTransformerModel(TransformerModel):
                     parent = layer.get_submodule(parent_path) if parent_path else layer
                     base = getattr(parent, attr)
                     kinds = ["src", "tgt"] if route == "learn" else [route]
-                    banks = {k: spec.build_bank(k, base.in_features, base.out_features, position) for k in kinds}
+                    module = f"{side}.layers.{index}.{table[position]}"
+                    banks = {k: spec.build_bank(k, base.in_features, base.out_features, position,
+                                                bank=join(module, bank_attr(k))) for k in kinds}
                     banks = {k: b.to(base.weight.device) for k, b in banks.items()}
                     setattr(parent, attr, LSLoLinear(base, route, banks, router))
                     if parent_path.endswith("attn"):
@@ -419,6 +423,8 @@ def fill_args_from_adapters(args, path: str) -> None:
     for name, value in values.items():
         if getattr(args, name, None) in (None, ""):
             setattr(args, name, value)
+    # the kept ranks of a rank-pruned export are part of the file's shapes, never a flag
+    args.lslo_bank_ranks = json.dumps(spec.bank_ranks, sort_keys=True) if spec.bank_ranks else None
 
 
 @register_model_architecture("lslo_transformer", "lslo_transformer")

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ..languages import LSLoConfigError, parse_group_values
 from .keys import bank_attr, entry_name, join, layer_of
-from .lslo_linear import LowRankBank, LSLoLinear
+from .lslo_linear import LowRankBank, LSLoLinear, live_components
 
 SCOPES = ("language", "layer")
 FACTOR_CHOICES = ("A", "B", "AB")
@@ -160,13 +160,6 @@ class AdapterBucket:
     def live_components(self, i: int) -> Tensor:
         """Bool (r,): rank components of adapter ``i`` whose A row and B column both keep an entry."""
         return live_components(self.A_mask[i], self.B_mask[i])
-
-
-def live_components(A_mask: Tensor, B_mask: Tensor) -> Tensor:
-    """Bool (..., r): the rank components that can still carry an update: their row of A
-    (``A_mask``: ... x r x a_in) and their column of B (``B_mask``: ... x a_out x r) both keep
-    at least one entry.  An adapter with none carries no update (its language's delta there is 0)."""
-    return A_mask.any(dim=-1) & B_mask.any(dim=-2)
 
 
 @dataclass
