@@ -6,7 +6,7 @@ import torch
 
 from conftest import LSLO_FLAGS, PAIRS, build, make_batch, randomize_adapters
 from fairseq_lslo.cli import export, stats
-from fairseq_lslo.cli.merge import merge_model_state
+from fairseq_lslo.deploy.merge import merge_model_state
 from fairseq_lslo.modules.adapter_file import load_adapters
 from fairseq_lslo.modules.adapter_state import compact_ranks
 from fairseq_lslo.modules.lslo_linear import LowRankBank, live_components
