@@ -15,7 +15,7 @@ from fairseq import checkpoint_utils
 from fairseq_lslo.checkpoint_io import load_checkpoint
 from fairseq_lslo.cli import stats
 from fairseq_lslo.modules.adapter_file import load_adapters
-from fairseq_lslo.modules.lslo_linear import is_lslo_key
+from fairseq_lslo.modules.keys import is_lslo_key
 from fairseq_lslo.modules.spec import CONFIG_KEY, LSLoSpec
 
 LEGACY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "legacy")

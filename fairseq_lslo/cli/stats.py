@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 import torch
 
 from ..checkpoint_io import CheckpointError, load_checkpoint
-from ..modules.keys import bucket_owners, parse_factor_key, parse_mix_key
+from ..modules.keys import parse_bank_path, parse_factor_key, parse_mix_key
 from ..modules.lslo_linear import live_components
 from ..modules.spec import CONFIG_KEY, LSLoSpec
 
@@ -103,11 +103,8 @@ def compute_stats(path: str, state: Optional[dict] = None) -> dict:
         mask = model.get(f"{key}_mask")
         if mask is not None and mask.shape != value.shape:
             raise CheckpointError(f"{path}: {key}_mask has shape {tuple(mask.shape)}, {key} has {tuple(value.shape)}")
-        if m.kind == "shared":
-            owners = ["shared"] * value.shape[0]
-            any_shared = True
-        else:  # the slots of this rank bucket, in inventory order (kept ranks of a compacted bank)
-            owners = bucket_owners(codes, spec.slot_ranks(m.kind, m.bank)).get(rank, [])
+        any_shared = any_shared or m.kind == "shared"
+        owners = spec.bucket_owners(m.kind, m.bank).get(rank, [])  # the slots of this rank bucket
         if len(owners) != value.shape[0]:
             raise CheckpointError(
                 f"{path}: {key} holds {value.shape[0]} adapters of rank {rank}, but lslo_config has "
@@ -120,16 +117,17 @@ def compute_stats(path: str, state: Optional[dict] = None) -> dict:
             kept = int(mask[i].sum()) if mask is not None else n
             (shared if owner == "shared" else per_lang[owner]).add(n, kept)
             total.add(n, kept)
+    counter = {**per_lang, "shared": shared}
     for bank, ranks in spec.bank_ranks.items():  # slots whose every component rank pruning removed
-        for owner, r in zip(["shared"] if bank.endswith(".lslo_shared") else codes, ranks):
+        for owner, r in zip(spec.slot_owners(parse_bank_path(bank)[1]), ranks):
             if r == 0:
-                (shared if owner == "shared" else per_lang[owner]).add_adapter(0)
+                counter[owner].add_adapter(0)
     for pair in masks.values():
         if "A" not in pair or "B" not in pair:
             continue
         live = live_components(pair["A"], pair["B"]).sum(dim=-1).tolist()
         for owner, n_live in zip(pair["owners"], live):
-            (shared if owner == "shared" else per_lang[owner]).add_adapter(int(n_live))
+            counter[owner].add_adapter(int(n_live))
     n_model = count_model_parameters(model)
     groups: Dict[str, Counter] = {}
     languages = {}

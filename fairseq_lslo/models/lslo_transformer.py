@@ -28,8 +28,8 @@ from ..langtok import LanguageTokens, task_directions
 from ..languages import LSLoConfigError
 from ..modules.adapter_file import load_adapters
 from ..modules.epochs import announce_epoch, follow_task_epochs
-from ..modules.keys import bank_attr, join
-from ..modules.lslo_linear import INITS, SCALINGS, LSLoLinear, is_lslo_key
+from ..modules.keys import bank_attr, is_lslo_key, join
+from ..modules.lslo_linear import INITS, SCALINGS, LSLoLinear
 from ..modules.placement import DECODER_POSITIONS, ENCODER_POSITIONS, ROUTES, compact_routing
 from ..modules.pruning import publish_prunable
 from ..modules.routing import BatchLanguages, LanguageResolver, LanguageRouter

@@ -14,9 +14,9 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .keys import (BANK_KINDS, bank_attr, bucket_rows, entry_name, join, parse_entry,  # noqa: F401
-                   parse_factor_key, parse_layer_path, parse_mix_key)
-from .lslo_linear import LowRankBank, is_lslo_key, live_components
+from .keys import (bank_attr, bucket_rows, entry_name, is_lslo_key, join, parse_entry, parse_factor_key,
+                   parse_layer_path, parse_mix_key)
+from .lslo_linear import LowRankBank, live_components, route_delta
 from .placement import position_at
 from .spec import CONFIG_KEY, LSLoSpec
 
@@ -100,16 +100,8 @@ def load_bank(spec: LSLoSpec, kind: str, tensors: Dict[str, Tensor], where: str,
 
 def module_delta(spec: LSLoSpec, module: str, adapters: ModuleAdapters, src: Optional[int], tgt: Optional[int]) -> Tensor:
     """Dense float32 weight update of one module for the direction (src, tgt), as in LSLoLinear."""
-    route = adapters.route
-    if route == "shared":
-        return load_bank(spec, "shared", adapters.banks["shared"], module, adapters).delta_weight(0)
-    if route in ("src", "tgt"):
-        slot = src if route == "src" else tgt
-        return load_bank(spec, route, adapters.banks[route], module, adapters).delta_weight(slot)
-    w = torch.softmax(adapters.mix.float(), dim=0)
-    d_src = load_bank(spec, "src", adapters.banks["src"], module, adapters).delta_weight(src)
-    d_tgt = load_bank(spec, "tgt", adapters.banks["tgt"], module, adapters).delta_weight(tgt)
-    return w[0] * d_src + w[1] * d_tgt
+    banks = {kind: load_bank(spec, kind, tensors, module, adapters) for kind, tensors in adapters.banks.items()}
+    return route_delta(adapters.route, banks, adapters.mix, src, tgt)
 
 
 def compact_ranks(spec: LSLoSpec, lslo: Mapping[str, Tensor]) -> Tuple[LSLoSpec, Dict[str, Tensor]]:

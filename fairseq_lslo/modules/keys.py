@@ -100,6 +100,13 @@ def parse_factor_key(key: str) -> Optional[FactorKey]:
     return FactorKey(m["module"] or "", m["kind"], *entry)
 
 
+def parse_bank_path(path: str) -> Optional[Tuple[str, str]]:
+    """``MODULE.lslo_KIND`` (a bank's module path) -> (MODULE, KIND); None for any other path."""
+    module, _, attr = path.rpartition(".")
+    kind = attr[len(LSLO_MARK):] if attr.startswith(LSLO_MARK) else None
+    return (module, kind) if kind in BANK_KINDS else None
+
+
 def mix_key(module: str) -> str:
     return join(module, MIX_NAME)
 

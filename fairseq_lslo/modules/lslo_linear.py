@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .lowrank_ops import LinearLowRank, LowRankAdd, low_rank_add_, masked_factors, precision
-from .keys import BANK_KINDS, LSLO_MARK, bank_attr, bucket_owners, bucket_rows, entry_name, is_lslo_key  # noqa: F401 (re-exported)
+from .keys import BANK_KINDS, bank_attr, bucket_owners, bucket_rows, entry_name, is_lslo_key
 from .routing import LanguageRouter
 
 #: how A is initialised: ``linear`` U(+-1/sqrt(d_in)) like a fresh nn.Linear(d_in -> r);
@@ -119,7 +119,7 @@ class LowRankBank(nn.Module):
         """(factor 'A'/'B', rank, parameter, mask) for every bucket."""
         for r in self.rank_buckets:
             for f in ("A", "B"):
-                yield f, r, getattr(self, f"{f}{r}"), getattr(self, f"{f}{r}_mask")
+                yield f, r, getattr(self, entry_name(f, r)), getattr(self, entry_name(f, r, mask=True))
 
     def factors(self, slot: int) -> Tuple[Tensor, Tensor]:
         """Masked ``(A_k, B_k)`` of one slot in their own shape: (r_k x a_in), (a_out x r_k)."""
@@ -299,7 +299,7 @@ class LSLoLinear(nn.Linear):
 
     def mix_weights(self) -> Optional[Tensor]:
         """softmax over (src, tgt) in search mode, else None."""
-        return torch.softmax(self.lslo_mix.float(), dim=0) if self.route == "learn" else None
+        return mix_weights(self.lslo_mix) if self.route == "learn" else None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.merged is None and self.route != "learn":
@@ -318,15 +318,7 @@ class LSLoLinear(nn.Linear):
     # --- merging (deployment) -------------------------------------------------------
     def delta_weight(self, src: Optional[int], tgt: Optional[int]) -> Tensor:
         """The dense weight update this module applies for one direction (src, tgt ids)."""
-        if self.route == "shared":
-            return self.lslo_shared.delta_weight(0)
-        if self.route == "learn":
-            w = self.mix_weights()
-            return w[0] * self.lslo_src.delta_weight(_need(src, "src")) + w[1] * self.lslo_tgt.delta_weight(
-                _need(tgt, "tgt")
-            )
-        slot = _need(src if self.route == "src" else tgt, self.route)
-        return getattr(self, bank_attr(self.route)).delta_weight(slot)
+        return route_delta(self.route, self.banks(), getattr(self, "lslo_mix", None), src, tgt)
 
     @torch.no_grad()
     def merge(self, src: Optional[int] = None, tgt: Optional[int] = None) -> None:
@@ -360,6 +352,27 @@ class LSLoLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, route={self.route}"
+
+
+def mix_weights(logits: Tensor) -> Tensor:
+    """The mixing weights ``(w_src, w_tgt)`` of search-mode logits ``lslo_mix`` (..., 2): softmax in float32."""
+    return torch.softmax(logits.float(), dim=-1)
+
+
+def route_delta(route: str, banks: Dict[str, "LowRankBank"], mix_logits: Optional[Tensor],
+                src: Optional[int], tgt: Optional[int]) -> Tensor:
+    """The dense weight update of one linear map for the direction (src, tgt language ids).
+
+    ``shared``: the one adapter; ``src``/``tgt``: the slot of that side's language; ``learn``:
+    both banks mixed by :func:`mix_weights` of ``mix_logits``.  Used by the live layer
+    (:meth:`LSLoLinear.delta_weight`) and by merging straight from a state dict alike.
+    """
+    if route == "shared":
+        return banks["shared"].delta_weight(0)
+    if route == "learn":
+        w = mix_weights(mix_logits)
+        return w[0] * banks["src"].delta_weight(_need(src, "src")) + w[1] * banks["tgt"].delta_weight(_need(tgt, "tgt"))
+    return banks[route].delta_weight(_need(src if route == "src" else tgt, route))
 
 
 def live_components(A_mask: Tensor, B_mask: Tensor) -> Tensor:

@@ -12,6 +12,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import torch
 
 from ..languages import LanguageInventory, LSLoConfigError, dumps_config, parse_ranks
+from .keys import bucket_owners
 from .lslo_linear import INITS, SCALINGS, LowRankBank, Span
 from .placement import default_routing, parse_positions, parse_routing
 
@@ -185,6 +186,14 @@ class LSLoSpec:
     def slot_ranks(self, kind: str, bank: Optional[str] = None) -> List[int]:
         """The rank of each slot of the bank at path ``bank`` (its kept ranks, if compacted)."""
         return list(self.bank_ranks.get(bank, self.configured_ranks(kind))) if bank else self.configured_ranks(kind)
+
+    def slot_owners(self, kind: str) -> List[str]:
+        """Who owns each slot of a bank of ``kind``: the language codes, or ``shared`` for the one shared slot."""
+        return ["shared"] if kind == "shared" else self.codes
+
+    def bucket_owners(self, kind: str, bank: Optional[str] = None) -> Dict[int, List[str]]:
+        """Rank -> the owners of the rows of ``A{rank}``/``B{rank}`` in the bank at path ``bank``."""
+        return bucket_owners(self.slot_owners(kind), self.slot_ranks(kind, bank))
 
     def build_bank(self, kind: str, in_features: int, out_features: int, position: Optional[str] = None,
                    bank: Optional[str] = None) -> LowRankBank:
