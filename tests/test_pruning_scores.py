@@ -8,6 +8,7 @@ from fairseq_lslo.cli import stats
 from fairseq_lslo.modules.lslo_linear import live_components
 from fairseq_lslo.modules.pruning import PruningPlan, trainable_parameters
 from fairseq_lslo.modules.routing import BatchLanguages
+from fairseq_lslo.optim.training_clock import clock_of
 from test_pruning import LANGS, TinyLSLo, build, find_pruner, schedule
 
 CODES = [code for code, _ in LANGS]
@@ -63,7 +64,7 @@ def test_pruning_AB_from_B_zero_keeps_every_language_alive(structure, monkeypatc
                 lslo_prune_interval=2, lr=[0.01], lslo_prune_structure=structure)
     pruner = find_pruner(opt)
     for update in range(40):
-        model.lslo_num_updates = update
+        clock_of(model).before_step(update)
         opt.zero_grad()
         loss = ((forward(model, x, src, tgt) - goal) ** 2).mean()
         opt.backward(loss)
@@ -118,7 +119,7 @@ def test_dead_language_is_a_warning_at_the_mask_update_and_in_lslo_stats(monkeyp
     opt = build("plain", model, monkeypatch, lslo_sparsity="high:0.1,low:0.99", lslo_prune_start=1,
                 lslo_prune_end=1, lr=[0.0], lslo_prune_structure="rank")
     pruner = find_pruner(opt)
-    model.lslo_num_updates = 0
+    clock_of(model).before_step(0)
     for p in trainable_parameters(model):
         p.grad = torch.zeros_like(p)
     with caplog.at_level(logging.WARNING, logger="fairseq_lslo.optim.lslo_pruning"):
@@ -154,7 +155,7 @@ def test_dead_language_is_a_warning_at_the_mask_update_and_in_lslo_stats(monkeyp
     kill_one_layer(model, "en")
     opt = build("plain", model, monkeypatch, lslo_sparsity=f"high:{16 / 192},low:0.0", lslo_prune_start=1,
                 lslo_prune_end=1, lr=[0.0], lslo_prune_factors="B")
-    model.lslo_num_updates = 0
+    clock_of(model).before_step(0)
     for p in trainable_parameters(model):
         p.grad = torch.zeros_like(p)
     with caplog.at_level(logging.WARNING, logger="fairseq_lslo.optim.lslo_pruning"):

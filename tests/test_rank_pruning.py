@@ -11,6 +11,7 @@ from fairseq_lslo.modules.adapter_file import load_adapters
 from fairseq_lslo.modules.adapter_state import compact_ranks
 from fairseq_lslo.modules.lslo_linear import LowRankBank, live_components
 from fairseq_lslo.modules.pruning import PruneSchedule, PruningPlan
+from fairseq_lslo.optim.training_clock import clock_of
 
 FLAGS = LSLO_FLAGS + ["--lslo-encoder-positions", "fc1,fc2,q", "--lslo-decoder-positions", "fc1,fc2,cross_v"]
 
@@ -184,7 +185,7 @@ def test_rank_pruning_through_every_optimizer_wrapper(wrapper, monkeypatch):
     pruner = find_pruner(opt)
     params = trainable_parameters(model)
     for update in range(14):
-        model.lslo_num_updates = update
+        clock_of(model).before_step(update)
         opt.zero_grad()
         opt.backward(sum((p.float() * torch.randn(p.shape) * 100).sum() for p in params))
         opt.step()

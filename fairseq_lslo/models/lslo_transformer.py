@@ -27,13 +27,12 @@ from ..data_check import check_binarized
 from ..langtok import LanguageTokens, task_directions
 from ..languages import LSLoConfigError
 from ..modules.adapter_file import load_adapters
-from ..modules.epochs import announce_epoch, follow_task_epochs
 from ..modules.keys import bank_attr, is_lslo_key, join
 from ..modules.lslo_linear import INITS, SCALINGS, LSLoLinear
 from ..modules.placement import DECODER_POSITIONS, ENCODER_POSITIONS, ROUTES, compact_routing
-from ..modules.pruning import publish_prunable
 from ..modules.routing import BatchLanguages, LanguageResolver, LanguageRouter
 from ..modules.spec import CONFIG_KEY, FFN_COVERAGES, PARAMETERISATION, PRESETS, LSLoSpec, resolve_preset
+from ..optim.training_clock import follow_task
 from .base_architecture import inherit_base_architecture
 from .bf16_device import keep_bf16_off_tpu
 
@@ -153,7 +152,7 @@ class LSLoTransformerModel(TransformerModel):
         check_training_data(task)
         model = super().build_model(args, task)
         model.install_lslo(spec, resolver)
-        follow_task_epochs(task, model)  # fairseq tells the task, not the model, when an epoch begins
+        follow_task(task, model)  # the epoch and update number reach pruning from the task (optim/training_clock.py)
         model.lslo_adapters_pending = None
         path = getattr(args, "lslo_adapters", None)
         if path and os.path.exists(path):
@@ -207,17 +206,6 @@ class LSLoTransformerModel(TransformerModel):
             p.requires_grad = is_lslo_key(name)
         self.register_buffer(CONFIG_KEY, spec.to_tensor())
         log_parameter_counts(self)
-        publish_prunable(self)  # lets --optimizer lslo_pruning find the masks of these weights
-
-    def set_num_updates(self, num_updates):
-        """fairseq calls this before every forward in training: remember it for pruning."""
-        super().set_num_updates(num_updates)
-        self.lslo_num_updates = int(num_updates)
-
-    def set_epoch(self, epoch):
-        """Called at the start of every fairseq-train epoch (see modules/epochs.py): tell pruning."""
-        super().set_epoch(epoch)
-        announce_epoch(self, epoch)
 
     def load_lslo_adapters(self, path: str) -> None:
         """Copy an lslo-export file's adapters and masks into the model (configurations must match).

@@ -17,7 +17,6 @@ Units of pruning (one magnitude threshold each):
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence, Tuple
 
@@ -415,22 +414,6 @@ class PruningPlan:
                 n, p = out.get(owner, (0, 0))
                 out[owner] = (n + m.numel(), p + int(m.numel() - m.sum()))
         return out
-
-
-# --- publication: how an optimizer finds the model whose weights it prunes ---------------
-_PUBLISHED: List["weakref.ReferenceType[nn.Module]"] = []
-
-
-def publish_prunable(model: nn.Module) -> None:
-    """Announce an LSLo model to pruning optimizers (weakly: it can still be freed)."""
-    _PUBLISHED[:] = [r for r in _PUBLISHED if r() is not None and r() is not model]
-    _PUBLISHED.append(weakref.ref(model))
-
-
-def published_models() -> List[nn.Module]:
-    """Live published models, most recently published first."""
-    live = [r() for r in reversed(_PUBLISHED)]
-    return [m for m in live if m is not None]
 
 
 def trainable_parameters(model: nn.Module) -> List[nn.Parameter]:
