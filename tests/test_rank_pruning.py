@@ -201,3 +201,51 @@ def test_rank_pruning_through_every_optimizer_wrapper(wrapper, monkeypatch):
         for value in pruner.inner.optimizer.state[region.param].values():
             if torch.is_tensor(value) and value.shape == region.param.shape:
                 assert torch.all(region.of(value)[~x.mask] == 0)
+
+
+def test_rank_pruning_per_layer_scope():
+    from test_pruning import TinyLSLo
+
+    model = TinyLSLo()
+    plan = PruningPlan(model, PruneSchedule(final={"high": 0.5, "low": 0.5}, start=0, end=0, scope="layer",
+                                            structure="rank"))
+    plan.update_masks([t.param.data for t in plan.tensors], 0)
+    for unit in plan.units:
+        n = sum(plan.tensors[j].mask[i].numel() for j, i in unit.pieces)
+        pruned = sum(int((~plan.tensors[j].mask[i]).sum()) for j, i in unit.pieces)
+        assert abs(pruned - n / 2) <= 12, unit.name  # nearest whole component (12 or 24 weights)
+    for b in plan.buckets:
+        for i in range(len(b.owners)):
+            assert torch.equal(b.A_mask[i].all(dim=1), b.B_mask[i].all(dim=0))
+
+
+def test_rank_pruning_resumed_equals_uninterrupted(monkeypatch):
+    """Masks in the model, the schedule's state in the optimizer's: a restart mid-schedule changes nothing."""
+    from test_pruning import TinyLSLo, build as build_optimizer
+    from fairseq_lslo.modules.pruning import trainable_parameters
+
+    def steps(model, opt, first, last):
+        for update in range(first, last):
+            clock_of(model).before_step(update)
+            g = torch.Generator().manual_seed(update)
+            for p in trainable_parameters(model):
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+
+    flags = dict(lslo_prune_structure="rank", lslo_sparsity="0.75")
+    whole = TinyLSLo()
+    opt = build_optimizer("plain", whole, monkeypatch, **flags)
+    steps(whole, opt, 0, 14)
+
+    split = TinyLSLo()
+    opt = build_optimizer("plain", split, monkeypatch, **flags)
+    steps(split, opt, 0, 7)
+    saved_model = {k: v.clone() for k, v in split.state_dict().items()}
+    saved_opt = opt.state_dict()
+    restarted = TinyLSLo()  # a new process: the model loaded from the checkpoint, a new optimizer
+    restarted.load_state_dict(saved_model)
+    opt = build_optimizer("plain", restarted, monkeypatch, **flags)
+    opt.load_state_dict(saved_opt)
+    steps(restarted, opt, 7, 14)
+    for (name, a), b in zip(whole.state_dict().items(), restarted.state_dict().values()):
+        assert torch.equal(a, b), name

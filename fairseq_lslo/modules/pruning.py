@@ -6,7 +6,12 @@ and applied by the forward pass at training and inference.  The optimizer wrappe
 (``fairseq_lslo.optim.lslo_pruning``) decides *when* masks change and keeps pruned weights
 and their optimizer state at exactly zero.
 
-Units of pruning (one magnitude threshold each):
+What one decision removes (``structure``) and by which score: single weights (``element``; by
+magnitude when one factor is pruned, by the part of the update a weight carries when both are,
+see :meth:`PruningPlan.element_scores`), or whole rank components of a language (``rank``: a row
+of A with its column of B, see :meth:`PruningPlan.component_scores`).
+
+Units of pruning (one threshold each):
 
 * scope ``language`` (default, the paper's): one unit per language, over all its LSLo
   weights in every layer and position (both banks of ``learn`` layers), plus one unit
