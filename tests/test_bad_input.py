@@ -48,7 +48,8 @@ def test_truncated_binarized_data(copy_of):
     assert digest(data, save) == before
 
 
-# slow (a fairseq-train start-up); the same check in this process: test_data_check.test_missing_direction_names_the_files
+# slow (a fairseq-train start-up); the same check in this process:
+# test_data_check.test_missing_direction_names_the_files
 @pytest.mark.slow
 def test_missing_binarized_data(copy_of):
     data, save = copy_of
@@ -62,7 +63,8 @@ def test_missing_binarized_data(copy_of):
     assert digest(data, save) == before
 
 
-# slow (a fairseq-train start-up); the same check in this process: test_config_errors.test_lslo_checkpoint_with_other_configuration_is_rejected
+# slow (a fairseq-train start-up); the same check in this process:
+# test_config_errors.test_lslo_checkpoint_with_other_configuration_is_rejected
 @pytest.mark.slow
 def test_resume_with_other_lslo_configuration(copy_of):
     data, save = copy_of
@@ -89,7 +91,8 @@ def test_truncated_checkpoint(copy_of, tmp_path):
     assert not os.path.exists(os.path.join(fresh, "checkpoint_last.pt"))
 
 
-# slow (a fairseq-train start-up); the same check in this process: test_config_errors.test_language_of_lang_pairs_missing_from_lslo_langs
+# slow (a fairseq-train start-up); the same check in this process:
+# test_config_errors.test_language_of_lang_pairs_missing_from_lslo_langs
 @pytest.mark.slow
 def test_language_missing_from_lslo_langs(copy_of):
     data, save = copy_of
