@@ -41,15 +41,15 @@ test: install
 demo: install
 	OMP_NUM_THREADS=1 $(PY) -m fairseq_lslo.demo --demo $(DEMO) $(DEMO_ARGS)
 
-# CPU by default; BENCH_ARGS="--device cuda" on a GPU (-> results/bench/bench-gpu.json)
+# every bench/ module (python -m bench --list); BENCH_ARGS go to bench.speed, e.g. "--device cuda" on a GPU
+# (-> results/bench/bench-gpu.json); BENCH_ARGS="--only speed" runs some
 BENCH_ARGS ?=
 bench: install
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m bench.speed $(BENCH_ARGS)
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) bench/deploy_speed.py
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m bench $(BENCH_ARGS)
 
 SOAK_ARGS ?=
 soak: install
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) bench/soak.py $(SOAK_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m bench.soak $(SOAK_ARGS)
 
 # GPU check (README "GPU check").  gpu-wheels runs here (network, a Python $(GPU_PY_VERSION)):
 # fairseq-fixed built for the GPU machine's Python plus what only fairseq needs, into .whl/.

@@ -12,20 +12,17 @@ loads it.  Needs the ``deploy`` extra (transformers).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import sys
 import tempfile
 from argparse import Namespace
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from ..checkpoint_io import CheckpointError, load_checkpoint
 from ..languages import LSLoConfigError
 from ..modules.spec import CONFIG_KEY
-from .m2m100 import (UnsupportedForM2M100, build_m2m100, language_token_id, optional_spm, specials_of,
+from .m2m100 import (UnsupportedForM2M100, build_m2m100, language_token_id, specials_of,
                      tokenizer_numbering, write_tokenizer)
 from .merge import DirectionMerger, config_of, plain_model_args, writable_directory
 

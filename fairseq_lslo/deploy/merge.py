@@ -12,9 +12,7 @@ converts it, and it translates that one direction exactly as the LSLo model does
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import tempfile
 from argparse import Namespace
 from collections import OrderedDict
@@ -22,7 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from ..checkpoint_io import CheckpointError, atomic_torch_save, load_checkpoint
+from ..checkpoint_io import CheckpointError, atomic_torch_save
 from ..languages import LSLoConfigError
 from ..modules.adapter_state import ModuleAdapters, group_adapters, module_delta
 from ..modules.lslo_linear import is_lslo_key

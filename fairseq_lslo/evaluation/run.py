@@ -16,7 +16,6 @@ the directions (no scoring: score once every share is done).
 from __future__ import annotations
 
 import ast
-import logging
 import os
 import sys
 import time
@@ -27,12 +26,9 @@ import torch
 
 from lslo_data_prep.fsutil import atomic_write_text
 from lslo_data_prep.hypotheses import mismatch, model_identity, read_record, write_record
-from lslo_data_prep.langsets import DataPrepError
 from lslo_data_prep.score import Scorer, check_directions, score
 
-from ..checkpoint_io import CheckpointError
 from ..langtok import lang_token
-from ..languages import LSLoConfigError
 from .decode import Direction, OutputFormat, Progress, decode, load_directions, plan_batches
 
 
