@@ -447,7 +447,7 @@ def main(argv=None) -> int:
     name = "bench-evaluate" if args.evaluate_only else "bench"
     out = args.out or os.path.join("results", "bench", f"{name}-gpu.json" if device.type == "cuda" else f"{name}.json")
     report = run(device, args.quick, args.evaluate_only)
-    from fairseq_lslo.checkpoint_io import atomic_write
+    from lslo_common.atomic import atomic_write
 
     atomic_write(out, lambda f: f.write((json.dumps(report, indent=2, default=str) + "\n").encode("utf-8")))
     print(table(report))

@@ -30,8 +30,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .errors import LSLoError
 
-class BinarizedDataError(ValueError):
+
+class BinarizedDataError(LSLoError, ValueError):
     """A data file the task will read is missing or damaged."""
 
 

@@ -27,7 +27,9 @@ import urllib.request
 import zlib
 from typing import Dict, List, Optional
 
-from .fsutil import atomic_write_text, sha256_file
+from lslo_common.atomic import atomic_write_text
+
+from .fsutil import sha256_file
 from .langsets import DataPrepError
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -1,42 +1,30 @@
-"""Language-set files: ``model_code<TAB>flores_code<TAB>group`` rows (``#`` starts a comment)."""
+"""Language sets for data preparation: ``model_code<TAB>flores_code<TAB>group`` rows.
+
+The file format and its one reader are :mod:`lslo_common.langset_file` (``--lslo-langs FILE``
+reads the same files); data preparation also needs every FLORES code and two languages.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import List
 
+from lslo_common.errors import LSLoError
+from lslo_common.langset_file import LangRow, LanguageSetError, read_language_rows
 
-class DataPrepError(RuntimeError):
+
+class DataPrepError(LSLoError, ValueError):
     """Bad input to data preparation; the message names the file or flag."""
 
 
-@dataclass(frozen=True)
-class LangRow:
-    code: str
-    flores: str
-    group: str
-
-
 def read_langset(path: str) -> List[LangRow]:
-    rows: List[LangRow] = []
+    """The rows of a language set for data preparation: FLORES codes required, at least 2 languages."""
     try:
-        f = open(path, encoding="utf-8")
-    except OSError as e:
-        raise DataPrepError(f"--langs: cannot read language set {path!r}: {e.strerror}") from None
-    with f:
-        for lineno, line in enumerate(f, 1):
-            line = line.split("#", 1)[0].rstrip("\n")
-            if not line.strip():
-                continue
-            cols = [c.strip() for c in line.split("\t")]
-            if len(cols) != 3 or not all(cols):
-                raise DataPrepError(
-                    f"{path}:{lineno}: expected 'model_code<TAB>flores_code<TAB>group', got {line!r}"
-                )
-            rows.append(LangRow(*cols))
-    codes = [r.code for r in rows]
-    dup = {c for c in codes if codes.count(c) > 1}
-    if dup:
-        raise DataPrepError(f"{path}: language {sorted(dup)[0]!r} is listed twice")
+        rows = read_language_rows(path, source="--langs")
+    except LanguageSetError as e:
+        raise DataPrepError(str(e)) from None
+    without = [r.code for r in rows if r.flores is None]
+    if without:
+        raise DataPrepError(f"{path}: data preparation needs 'model_code<TAB>flores_code<TAB>group' rows; "
+                            f"{without[0]!r} has no FLORES code")
     if len(rows) < 2:
         raise DataPrepError(f"{path}: a language set needs at least 2 languages, got {len(rows)}")
     return rows

@@ -26,8 +26,11 @@ import signal
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .fsutil import Stamps, atomic_copy, atomic_write_text, link_atomic, sha256_file, sha256_text
-from .langsets import DataPrepError, LangRow, directions, read_langset
+from lslo_common.atomic import atomic_copy, atomic_write_text
+from lslo_common.langset_file import LangRow
+
+from .fsutil import Stamps, link_atomic, sha256_file, sha256_text
+from .langsets import DataPrepError, directions, read_langset
 
 SPLITS = ("train", "valid", "test")
 

@@ -21,9 +21,12 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from .fsutil import atomic_write_text, sha256_file
+from lslo_common.atomic import atomic_write_text
+from lslo_common.langset_file import LangRow
+
+from .fsutil import sha256_file
 from .hypotheses import check_same_model, model_identity
-from .langsets import DataPrepError, LangRow, directions, read_langset
+from .langsets import DataPrepError, directions, read_langset
 
 
 def read_hypotheses(path: str) -> List[str]:

@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-from fairseq_lslo.languages import LSLoConfigError
+from fairseq_lslo.errors import LSLoConfigError
 from fairseq_lslo.modules.epochs import announce_epoch, follow_task_epochs
 from fairseq_lslo.modules.pruning import PruneSchedule, trainable_parameters
 from test_pruning import DTYPES, TinyLSLo, build, find_pruner

@@ -18,11 +18,14 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from ..checkpoint_io import CheckpointError, atomic_write, load_checkpoint
-from ..languages import LSLoConfigError
+from lslo_common.atomic import atomic_write
+
+from ..checkpoint_io import load_checkpoint
+from ..errors import LSLoError
 from ..modules.placement import compact_routing
 from ..modules.search import LayerChoice, choose_routing, mix_logits_from_state
 from ..modules.spec import LSLoSpec
+from .runner import run_tool
 
 FORMAT = "lslo-arch/1"
 RULE = ("a searched layer is target-routed when the mean of w_tgt over its positions is > 0.5, "
@@ -30,7 +33,7 @@ RULE = ("a searched layer is target-routed when the mean of w_tgt over its posit
 PLOT_FORMATS = ("png", "pdf", "svg")
 
 
-class ArchError(RuntimeError):
+class ArchError(LSLoError, ValueError):
     """Input lslo-arch cannot use; the message names the file or flag."""
 
 
@@ -175,15 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.plot:
-            plot_format(args.plot)  # before reading a large checkpoint
-        doc = analyse(args.checkpoint)
-        if args.plot:
-            plot(doc, args.plot)
-    except (ArchError, CheckpointError, LSLoConfigError) as e:
-        print(f"lslo-arch: error: {e}", file=sys.stderr)
-        return 2
+    return run_tool("lslo-arch", lambda: report(args))
+
+
+def report(args: argparse.Namespace) -> int:
+    if args.plot:
+        plot_format(args.plot)  # before reading a large checkpoint
+    doc = analyse(args.checkpoint)
+    if args.plot:
+        plot(doc, args.plot)
     print(json.dumps(doc, indent=2) if args.json else format_text(doc))
     return 0
 

@@ -6,11 +6,8 @@ import logging
 import os
 import sys
 
-from lslo_data_prep.langsets import DataPrepError
-
-from ..checkpoint_io import CheckpointError
-from ..evaluation.run import EvaluateError, run
-from ..languages import LSLoConfigError
+from ..evaluation.run import run
+from .runner import run_tool
 
 
 def get_parser():
@@ -46,12 +43,7 @@ def main(argv=None) -> int:
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
                         level=os.environ.get("LOGLEVEL", "WARNING").upper(), stream=sys.stderr)
     args = options.parse_args_and_arch(get_parser(), argv)
-    try:
-        cfg = convert_namespace_to_omegaconf(args)
-        return run(args, cfg)
-    except (EvaluateError, DataPrepError, LSLoConfigError, CheckpointError, ValueError) as e:
-        print(f"lslo-evaluate: error: {e}", file=sys.stderr)
-        return 2
+    return run_tool("lslo-evaluate", lambda: run(args, convert_namespace_to_omegaconf(args)))
 
 
 if __name__ == "__main__":

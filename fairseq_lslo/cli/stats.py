@@ -17,6 +17,7 @@ import torch
 from ..checkpoint_io import CheckpointError, load_checkpoint
 from ..modules.keys import parse_factor_key, parse_mix_key
 from ..modules.spec import CONFIG_KEY, LSLoSpec
+from .runner import run_tool
 
 FORMAT = "lslo-stats/1"
 #: state-dict entries that are buffers, not parameters
@@ -161,12 +162,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("checkpoint", help="a fairseq checkpoint of an lslo_transformer model")
     parser.add_argument("--json", action="store_true", help="print the lslo-stats/1 JSON record instead of a table")
     args = parser.parse_args(argv)
-    try:
-        record = compute_stats(args.checkpoint)
-    except (CheckpointError, ValueError, KeyError) as e:
-        print(f"lslo-stats: error: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps(record, indent=2) if args.json else format_table(record))
+    return run_tool("lslo-stats", lambda: print_stats(args.checkpoint, args.json))
+
+
+def print_stats(path: str, as_json: bool) -> int:
+    record = compute_stats(path)
+    print(json.dumps(record, indent=2) if as_json else format_table(record))
     return 0
 
 

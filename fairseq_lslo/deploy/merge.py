@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from ..checkpoint_io import CheckpointError, atomic_torch_save
-from ..languages import LSLoConfigError
+from ..errors import LSLoConfigError
 from ..modules.adapter_state import ModuleAdapters, group_adapters, module_delta
 from ..modules.lslo_linear import is_lslo_key
 from ..modules.spec import LSLoSpec

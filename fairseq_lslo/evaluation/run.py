@@ -24,15 +24,16 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from lslo_data_prep.fsutil import atomic_write_text
+from lslo_common.atomic import atomic_write_text
 from lslo_data_prep.hypotheses import mismatch, model_identity, read_record, write_record
 from lslo_data_prep.score import Scorer, check_directions, score
 
+from ..errors import LSLoError
 from ..langtok import lang_token
 from .decode import Direction, OutputFormat, Progress, decode, load_directions, plan_batches
 
 
-class EvaluateError(ValueError):
+class EvaluateError(LSLoError, ValueError):
     """Bad input: the message names the flag, file or direction."""
 
 

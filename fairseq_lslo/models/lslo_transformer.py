@@ -24,7 +24,7 @@ from fairseq.models.transformer import (
 
 from ..data_check import check_binarized
 from ..langtok import LanguageTokens, task_directions
-from ..languages import LSLoConfigError
+from ..errors import LSLoConfigError
 from ..modules.adapter_file import load_adapters
 from ..modules.epochs import announce_epoch, follow_task_epochs
 from ..modules.lslo_linear import INITS, SCALINGS, LSLoLinear, is_lslo_key

@@ -63,7 +63,7 @@ from fairseq.optim import (
 )
 from omegaconf import OmegaConf
 
-from ..languages import LSLoConfigError
+from ..errors import LSLoConfigError
 from ..modules.epochs import current_epoch, listen_to_epochs
 from ..modules.pruning import (
     FACTOR_CHOICES,
