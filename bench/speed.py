@@ -94,7 +94,8 @@ def build_models(dims: dict, task: BenchTask, device: torch.device, seed: int = 
     """(plain transformer with full fine-tuning, LSLo model on the same base weights)."""
     from fairseq.models.transformer import TransformerModel, base_architecture
 
-    from fairseq_lslo.models.lslo_transformer import LSLoTransformerModel, lslo_base_architecture
+    from fairseq_lslo.models.architectures import lslo_base_architecture
+    from fairseq_lslo.models.lslo_transformer import LSLoTransformerModel
 
     torch.manual_seed(seed)
     plain_args = model_args(dims, lslo=False)
