@@ -7,7 +7,7 @@ both kinds may mix; data preparation needs the FLORES code of every row (``lslo_
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional
 
 from .errors import LSLoConfigError
@@ -26,6 +26,7 @@ class LangRow:
     code: str
     flores: Optional[str]
     group: str
+    line: int = field(default=0, compare=False)  # where it is in the file, for messages
 
 
 def read_language_rows(path: str, source: str = "language set") -> List[LangRow]:
@@ -43,7 +44,8 @@ def read_language_rows(path: str, source: str = "language set") -> List[LangRow]
             cols = [c.strip() for c in line.split("\t")]
             if len(cols) not in (2, 3) or not all(cols):
                 raise LanguageSetError(f"{path}:{lineno}: expected {FORMATS}, got {line!r}")
-            row = LangRow(cols[0], cols[1], cols[2]) if len(cols) == 3 else LangRow(cols[0], None, cols[1])
+            code, flores, group = cols if len(cols) == 3 else (cols[0], None, cols[1])
+            row = LangRow(code, flores, group, lineno)
             if any(r.code == row.code for r in rows):
                 raise LanguageSetError(f"{path}:{lineno}: language {row.code!r} is listed twice")
             rows.append(row)

@@ -38,3 +38,14 @@ def test_the_runner_passes_bugs_through_and_names_input_errors(capsys):
 
     with pytest.raises(KeyError):
         run_tool("tool", bug)
+
+
+def test_data_preparation_tools_share_the_runner(tmp_path, capsys):
+    from lslo_data_prep import epoch_size, langsets
+
+    missing = tmp_path / "langs.tsv"
+    assert langsets.main([str(missing)]) == 2
+    assert capsys.readouterr().err == (f"lslo_data_prep.langsets: error: --langs: cannot read language set "
+                                       f"{str(missing)!r}: No such file or directory\n")
+    assert epoch_size.main([str(tmp_path / "no_data"), "--max-tokens", "100"]) == 2
+    assert capsys.readouterr().err.startswith("lslo_data_prep.epoch_size: error: ")
