@@ -205,3 +205,18 @@ def test_every_error_class_derives_from_the_root():
     ours_ = [c for c in classes if is_exception(c) and not under(where[c], "bench")]
     assert "CheckpointError" in ours_ and "DataPrepError" in ours_
     assert [f"{where[c]}.{c}" for c in ours_ if not rooted(c)] == []
+
+
+def test_the_wheel_holds_the_packages_and_not_bench_or_tests():
+    from setuptools import find_packages
+
+    with open(os.path.join(ROOT, "setup.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    (call,) = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "find_packages"]
+    include = ast.literal_eval([k.value for k in call.keywords if k.arg == "include"][0])
+    packages = set(find_packages(ROOT, include=include))
+    assert {"fairseq_lslo", "fairseq_lslo.deploy", "fairseq_lslo.evaluation", "fairseq_lslo.testing", "lslo_common",
+            "lslo_data_prep"} <= packages
+    assert not [p for p in packages if under(p, "bench", "tests")]
+    # every package of ours that has modules is installed (a new folder needs no setup.py change)
+    assert {m.rsplit(".", 1)[0] for m in MODULES if not under(m, "bench") and "." in m} <= packages
