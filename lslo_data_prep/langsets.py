@@ -17,14 +17,15 @@ class DataPrepError(LSLoError, ValueError):
     """Bad input to data preparation; the message names the file or flag."""
 
 
-def read_langset(path: str) -> List[LangRow]:
-    """The rows of a language set for data preparation: FLORES codes required, at least 2 languages."""
+def read_langset(path: str, flores_optional: bool = False) -> List[LangRow]:
+    """The rows of a language set for data preparation: at least 2 languages, each with its FLORES code
+    (downloading and preparing need it) unless ``flores_optional`` (scoring does not)."""
     try:
         rows = read_language_rows(path, source="--langs")
     except LanguageSetError as e:
         raise DataPrepError(str(e)) from None
     without = [r for r in rows if r.flores is None]
-    if without:
+    if without and not flores_optional:
         raise DataPrepError(f"{path}:{without[0].line}: data preparation needs 'model_code<TAB>flores_code<TAB>group' "
                             f"rows; {without[0].code!r} has no FLORES code")
     if len(rows) < 2:

@@ -44,6 +44,8 @@ def test_one_rule_set_for_both_readers(tmp_path, text, message):
 def test_data_preparation_also_needs_flores_codes_and_two_languages(tmp_path):
     with pytest.raises(DataPrepError, match=r"langs.tsv:1: data preparation needs .* 'en' has no FLORES code"):
         read_langset(write(tmp_path, "en\thigh\nfr\thigh\n"))
+    assert [r.group for r in read_langset(write(tmp_path, "en\thigh\nfr\tfra\tlow\n"), flores_optional=True)] == [
+        "high", "low"]  # scoring needs the groups only
     with pytest.raises(DataPrepError, match="at least 2 languages, got 1"):
         read_langset(write(tmp_path, "en\teng\thigh\n"))
     with pytest.raises(DataPrepError, match="--langs: cannot read language set"):
