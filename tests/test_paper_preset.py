@@ -361,7 +361,7 @@ def test_export_and_import_keep_the_parameterisation(dict_dir, tmp_path):
 
 # --- search mode and pruning -------------------------------------------------------------------
 def test_search_mode_with_the_preset(dict_dir, tmp_path):
-    from fairseq_lslo.cli.arch import analyse
+    from fairseq_lslo.reports.arch import analyse
 
     task, model = build(dict_dir, "lslo_transformer", LSLO_FLAGS + PAPER + [
         "--lslo-encoder-routing", "learn", "--lslo-decoder-routing", "learn"])

@@ -1,0 +1,1 @@
+"""Reports on a checkpoint read from its state dict (no model built): the routing a search learned."""
