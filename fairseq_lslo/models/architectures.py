@@ -7,6 +7,7 @@ base checkpoint when there is one, else the values below.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Callable, Dict
 
@@ -57,6 +58,8 @@ def fill_args_from_adapters(args, path: str) -> None:
     for name, value in values.items():
         if getattr(args, name, None) in (None, ""):
             setattr(args, name, value)
+    # the kept ranks of a rank-pruned export are part of the file's shapes, never a flag
+    args.lslo_bank_ranks = json.dumps(spec.bank_ranks, sort_keys=True) if spec.bank_ranks else None
 
 
 def lslo_transformer(args):

@@ -24,12 +24,12 @@ from fairseq.models.transformer import (
 from ..data_check import check_training_data
 from ..errors import LSLoConfigError
 from ..modules.adapter_file import load_adapters
-from ..modules.epochs import announce_epoch, follow_task_epochs
-from ..modules.lslo_linear import INITS, SCALINGS, LSLoLinear, is_lslo_key
+from ..modules.keys import bank_attr, is_lslo_key, join
+from ..modules.lslo_linear import INITS, SCALINGS, LSLoLinear
 from ..modules.placement import DECODER_POSITIONS, ENCODER_POSITIONS, ROUTES, compact_routing
-from ..modules.pruning import publish_prunable
 from ..modules.routing import BatchLanguages, LanguageResolver, LanguageRouter
 from ..modules.spec import CONFIG_KEY, FFN_COVERAGES, PRESETS, LSLoSpec
+from ..optim.training_clock import follow_task
 from .architectures import ARCHITECTURES, lslo_base_architecture
 from .task_check import build_resolver
 
@@ -149,7 +149,7 @@ class LSLoTransformerModel(TransformerModel):
         check_training_data(task)
         model = super().build_model(args, task)
         model.install_lslo(spec, resolver)
-        follow_task_epochs(task, model)  # fairseq tells the task, not the model, when an epoch begins
+        follow_task(task, model)  # the epoch and update number reach pruning from the task (optim/training_clock.py)
         model.lslo_adapters_pending = None
         path = getattr(args, "lslo_adapters", None)
         if path and os.path.exists(path):
@@ -182,7 +182,7 @@ class LSLoTransformerModel(TransformerModel):
         self.decoder.lslo_router = router
         for side, table in (("encoder", ENCODER_POSITIONS), ("decoder", DECODER_POSITIONS)):
             side_spec = getattr(spec, side)
-            for layer, route in zip(getattr(self, side).layers, side_spec.routing):
+            for index, (layer, route) in enumerate(zip(getattr(self, side).layers, side_spec.routing)):
                 if route == "none":
                     continue
                 for position in side_spec.positions:
@@ -190,7 +190,9 @@ class LSLoTransformerModel(TransformerModel):
                     parent = layer.get_submodule(parent_path) if parent_path else layer
                     base = getattr(parent, attr)
                     kinds = ["src", "tgt"] if route == "learn" else [route]
-                    banks = {k: spec.build_bank(k, base.in_features, base.out_features, position) for k in kinds}
+                    module = f"{side}.layers.{index}.{table[position]}"
+                    banks = {k: spec.build_bank(k, base.in_features, base.out_features, position,
+                                                bank=join(module, bank_attr(k))) for k in kinds}
                     banks = {k: b.to(base.weight.device) for k, b in banks.items()}
                     setattr(parent, attr, LSLoLinear(base, route, banks, router))
                     if parent_path.endswith("attn"):
@@ -201,17 +203,6 @@ class LSLoTransformerModel(TransformerModel):
             p.requires_grad = is_lslo_key(name)
         self.register_buffer(CONFIG_KEY, spec.to_tensor())
         log_parameter_counts(self)
-        publish_prunable(self)  # lets --optimizer lslo_pruning find the masks of these weights
-
-    def set_num_updates(self, num_updates):
-        """fairseq calls this before every forward in training: remember it for pruning."""
-        super().set_num_updates(num_updates)
-        self.lslo_num_updates = int(num_updates)
-
-    def set_epoch(self, epoch):
-        """Called at the start of every fairseq-train epoch (see modules/epochs.py): tell pruning."""
-        super().set_epoch(epoch)
-        announce_epoch(self, epoch)
 
     def load_lslo_adapters(self, path: str) -> None:
         """Copy an lslo-export file's adapters and masks into the model (configurations must match).
