@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from conftest import LSLO_FLAGS, build, make_batch, randomize_adapters
 from fairseq_lslo.checkpoint_io import load_checkpoint
-from fairseq_lslo.cli.stats import compute_stats
+from fairseq_lslo.reports.stats import compute_stats
 from fairseq_lslo.errors import LSLoConfigError
 from fairseq_lslo.modules import lowrank_ops
 from fairseq_lslo.modules.adapter_file import adapter_tensors, save_adapters
