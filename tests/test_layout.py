@@ -220,3 +220,16 @@ def test_the_wheel_holds_the_packages_and_not_bench_or_tests():
     assert not [p for p in packages if under(p, "bench", "tests")]
     # every package of ours that has modules is installed (a new folder needs no setup.py change)
     assert {m.rsplit(".", 1)[0] for m in MODULES if not under(m, "bench") and "." in m} <= packages
+
+
+def test_cli_holds_thin_mains_that_go_through_the_runner():
+    tools = [m for m in MODULES if under(m, f"{TOP}.cli") and m not in (f"{TOP}.cli", f"{TOP}.cli.runner")]
+    assert len(tools) >= 6
+    for name in tools:
+        with open(MODULES[name], encoding="utf-8") as f:
+            source = f.read()
+        tree = ast.parse(source)
+        functions = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+        assert "main" in functions and "run_tool(" in source, name
+        assert not [n.name for n in tree.body if isinstance(n, ast.ClassDef)], f"{name}: classes belong in the library"
+        assert len(source.splitlines()) <= 100, f"{name}: {len(source.splitlines())} lines; library code goes elsewhere"
