@@ -48,9 +48,10 @@ class Service:
             self._stop()
 
     def _translate(self, texts, srcs, tgts):
-        """Runs in the batcher's worker thread: one call for every direction of the batch."""
+        """Runs in the batcher's worker thread: one call, one forward pass, for every direction of the batch
+        (a single request larger than --max-batch-tokens is split by the translator)."""
         return self.translator.translate(texts, srcs, tgts, beam=self.config.beam,
-                                         max_tokens=self.config.max_batch_tokens)
+                                         max_tokens=self.config.max_batch_tokens, max_sentences=len(texts))
 
 
 def json_error(status: int, message: str, field=None) -> web.Response:
@@ -76,8 +77,6 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
 
 async def translate(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    if service.stopping:
-        return json_error(503, "the server is shutting down")
     try:
         body = await request.json(loads=json.loads)
     except (ValueError, UnicodeDecodeError) as e:
@@ -85,7 +84,7 @@ async def translate(request: web.Request) -> web.Response:
     t = service.translator
     req = parse_translate_request(body, service.languages, service.directions, t.count_tokens,
                                   service.config.max_input_tokens)
-    translations = await service.batcher.submit(req.texts, req.srcs, req.tgts, req.tokens)
+    translations = await service.batcher.submit(req.texts, req.srcs, req.tgts, req.lengths)
     return web.json_response({"translations": translations})
 
 

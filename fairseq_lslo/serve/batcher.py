@@ -1,8 +1,9 @@
 """Dynamic batching: requests of any directions queue up and share one ``Translator.translate`` call.
 
-A batch closes when the queued requests reach ``max_batch_tokens`` source tokens or the oldest
-has waited ``max_wait_s``; it runs in one worker thread, off the event loop, and each request
-gets its own translations back in order.  Requests that arrive while a batch runs form the next
+A batch closes when the queued requests fill ``max_batch_tokens`` padded source tokens (longest
+sentence x sentences, as fairseq's ``--max-tokens`` counts) or the oldest has waited
+``max_wait_s``; it runs in one worker thread, off the event loop, and each request gets its own
+translations back in order.  Requests that arrive while a batch runs form the next
 one.  asyncio only: no web framework here.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Deque, List
 
-#: translate(texts, srcs, tgts) -> one translation per text, in order
+#: translate(texts, srcs, tgts) -> one translation per text, in order (one forward pass when the batch fits)
 TranslateFn = Callable[[List[str], List[str], List[str]], List[str]]
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ class Job:
     texts: List[str]
     srcs: List[str]
     tgts: List[str]
-    tokens: int
+    lengths: List[int]  # source tokens per text
     future: asyncio.Future
     arrived: float = field(default_factory=time.monotonic)
 
@@ -46,6 +47,7 @@ class DynamicBatcher:
         self._queue: Deque[Job] = deque()
         self._wakeup = asyncio.Event()
         self._closing = False
+        self._draining = False  # stop waiting for fuller batches: the server is stopping
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lslo-translate")
         self._task: "asyncio.Task[None] | None" = None
         self.running = 0  # jobs inside the batch that is being translated
@@ -59,26 +61,34 @@ class DynamicBatcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="lslo-batcher")
 
-    async def submit(self, texts: List[str], srcs: List[str], tgts: List[str], tokens: int) -> List[str]:
-        """Queue one request; its translations, in order, once its batch has run."""
+    async def submit(self, texts: List[str], srcs: List[str], tgts: List[str], lengths: List[int]) -> List[str]:
+        """Queue one request (``lengths``: source tokens per text); its translations, in order."""
         if self._closing:
             raise RuntimeError("the server is shutting down")
-        job = Job(texts, srcs, tgts, tokens, asyncio.get_running_loop().create_future())
+        job = Job(texts, srcs, tgts, lengths, asyncio.get_running_loop().create_future())
         self._queue.append(job)
         self._wakeup.set()
         return await job.future
 
+    def drain(self) -> None:
+        """From now on run each batch as soon as the worker is free (the server is stopping)."""
+        self._draining = True
+        self._wakeup.set()
+
     async def close(self) -> None:
         """Translate everything queued, then stop the worker thread."""
-        self._closing = True
+        self._closing = self._draining = True
         self._wakeup.set()
         if self._task is not None:
             await self._task
         self._executor.shutdown(wait=True)
 
     # --- the loop ------------------------------------------------------------------------
-    def _queued_tokens(self) -> int:
-        return sum(job.tokens for job in self._queue)
+    @staticmethod
+    def padded_tokens(jobs) -> int:
+        """Source tokens of ``jobs`` as one left-padded batch: longest sentence x sentences."""
+        lengths = [n for job in jobs for n in job.lengths]
+        return max(lengths, default=0) * len(lengths)
 
     async def _run(self) -> None:
         while True:
@@ -96,7 +106,7 @@ class DynamicBatcher:
     async def _gather(self) -> None:
         """Wait until the queue holds a full batch, the oldest job's wait is over, or the server stops."""
         deadline = self._queue[0].arrived + self.max_wait_s
-        while self._queued_tokens() < self.max_batch_tokens and not self._closing:
+        while self.padded_tokens(self._queue) < self.max_batch_tokens and not self._draining:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -109,16 +119,14 @@ class DynamicBatcher:
     def _take_batch(self) -> List[Job]:
         """Jobs from the front of the queue up to max_batch_tokens (at least one); abandoned jobs are dropped."""
         batch: List[Job] = []
-        tokens = 0
         while self._queue:
             job = self._queue[0]
             if job.future.done():  # its client went away
                 self._queue.popleft()
                 continue
-            if batch and tokens + job.tokens > self.max_batch_tokens:
+            if batch and self.padded_tokens(batch + [job]) > self.max_batch_tokens:
                 break
             batch.append(self._queue.popleft())
-            tokens += job.tokens
         return batch
 
     async def _translate(self, jobs: List[Job]) -> List[str]:

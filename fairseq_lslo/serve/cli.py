@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
     p.add_argument("--max-batch-tokens", type=int, default=4000, metavar="N",
-                   help="a batch closes when its requests hold N source tokens (default: 4000)")
+                   help="a batch closes when its requests fill N padded source tokens, longest sentence x "
+                        "sentences (default: 4000)")
     p.add_argument("--max-wait-ms", type=float, default=10.0, metavar="MS",
                    help="... or when its oldest request has waited MS milliseconds (default: 10)")
     p.add_argument("--max-input-tokens", type=int, default=512, metavar="N",
@@ -101,6 +102,8 @@ async def serve(service, host: str, port: int, shutdown_timeout: float, ready=No
             ready(bound_host, bound_port)
         await stop.wait()
         print(f"{PROG}: stopping: answering the requests in flight", file=sys.stderr, flush=True)
+        service.stopping = True
+        service.batcher.drain()
     finally:
         await runner.cleanup()  # stops listening, waits for the handlers, then closes the batcher
     print(f"{PROG}: stopped after {service.batcher.sentences} sentences in {service.batcher.batches} batches",

@@ -30,7 +30,7 @@ class TranslateRequest:
     texts: List[str]
     srcs: List[str]
     tgts: List[str]
-    tokens: int  # source tokens the model sees, all texts together
+    lengths: List[int]  # source tokens the model sees, per text
 
 
 def _code(value: Any, field: str, languages: Sequence[str]) -> str:
@@ -67,7 +67,7 @@ def parse_translate_request(body: Any, languages: Sequence[str], directions: Seq
     if not items:
         raise RequestError("text", "empty list: nothing to translate")
     srcs, tgts = _codes(body, "src", len(items)), _codes(body, "tgt", len(items))
-    texts, out_srcs, out_tgts, tokens = [], [], [], 0
+    texts, out_srcs, out_tgts, lengths = [], [], [], []
     for i, item in enumerate(items):
         where = f"text[{i}]"
         src_field = f"src[{i}]" if isinstance(body.get("src"), list) else "src"
@@ -102,5 +102,5 @@ def parse_translate_request(body: Any, languages: Sequence[str], directions: Seq
         texts.append(item)
         out_srcs.append(src)
         out_tgts.append(tgt)
-        tokens += n
-    return TranslateRequest(texts, out_srcs, out_tgts, tokens)
+        lengths.append(n)
+    return TranslateRequest(texts, out_srcs, out_tgts, lengths)
