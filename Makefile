@@ -19,7 +19,7 @@ help:
 	@echo "make demo     run the main job on the embedded synthetic benchmark (CPU, minutes; DEMO=tiny|default)"
 	@echo "make test     run the test suite (installs first if needed)"
 	@echo "make install  create $(VENV) with torch, fairseq and this package (editable)"
-	@echo "make bench    speed/memory benchmarks -> results/bench/bench.json, deploy_speed.json"
+	@echo "make bench    speed/memory benchmarks -> results/bench/bench.json, deploy_speed.json, serve.json"
 	@echo "make soak     2,000-update CPU run with pruning: NaN and memory check -> results/bench/soak.json"
 	@echo "make gpu-wheels  (here, with network) wheels for make gpu-check -> .whl/"
 	@echo "make gpu-check   (on a CUDA machine, no network needed) the GPU checks, one summary table"
@@ -46,6 +46,7 @@ BENCH_ARGS ?=
 bench: install
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m fairseq_lslo.bench $(BENCH_ARGS)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) bench/deploy_speed.py
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) bench/serve.py
 
 SOAK_ARGS ?=
 soak: install

@@ -113,7 +113,7 @@ async def serve(service, host: str, port: int, shutdown_timeout: float, ready=No
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
-                        level=os.environ.get("LOGLEVEL", "WARNING").upper(), stream=sys.stderr)
+                        level=os.environ.get("LOGLEVEL", "WARNING").upper(), stream=sys.stderr, force=True)
 
     def body() -> int:
         check_args(args)
