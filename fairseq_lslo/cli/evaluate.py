@@ -254,7 +254,9 @@ def check_files(args) -> None:
     data_paths(args)
     if getattr(args, "lang_dict", None) and not os.path.isfile(args.lang_dict):
         raise LSLoFileError(f"--lang-dict {args.lang_dict}: no such file (one language code per line)")
-    check_split(args, select_directions(args)[1])
+    all_pairs, pairs = select_directions(args)
+    check_languages(load_checkpoint(args.path, mmap=True), args, all_pairs)  # a language the model lacks first
+    check_split(args, pairs)
 
 
 def run(args, cfg) -> int:
