@@ -1,6 +1,6 @@
 """Score fairseq-generate outputs per direction: spBLEU and chrF++ with sacrebleu.
 
-    python -m data_prep.score --data DATA/bin --raw DATA/raw --gen-dir EVAL/gen --out-dir EVAL
+    python -m lslo_data_prep.score --data DATA/bin --raw DATA/raw --gen-dir EVAL/gen --out-dir EVAL
 
 Reads ``GEN_DIR/{src}-{tgt}.gen`` (fairseq-generate output with ``--remove-bpe sentencepiece``)
 and the plain references ``RAW/test.{tgt}``.  spBLEU uses sacrebleu's ``flores101`` tokenizer,
@@ -157,7 +157,7 @@ def score(data: str, raw: str, gen_dir: str, out_dir: str, spm_model: Optional[s
           split: str = "test", expect: Optional[dict] = None, langs: Optional[List[LangRow]] = None,
           where: Optional[str] = None) -> List[dict]:
     """Score every direction and write the tables; ``expect``: the model identity every hypothesis file
-    must record (see data_prep.hypotheses); ``langs``: the language groups (default: ``data/langs.tsv``;
+    must record (see lslo_data_prep.hypotheses); ``langs``: the language groups (default: ``data/langs.tsv``;
     ``where`` names their source).  Everything is checked before anything is written."""
     if langs is None:
         langs, where = read_langset(os.path.join(data, "langs.tsv")), f"{data}/langs.tsv"
