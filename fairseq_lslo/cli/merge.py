@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from ..checkpoint_io import CheckpointError, atomic_torch_save, load_checkpoint
+from ..inference.loading import MERGED_KEY
 from ..languages import LSLoConfigError
 from ..modules.adapter_state import ModuleAdapters, group_adapters, module_delta
 from ..modules.lslo_linear import is_lslo_key
@@ -134,7 +135,8 @@ def fairseq_layout_checkpoint(state: Mapping[str, Any], model: Dict[str, torch.T
     """A checkpoint laid out as fairseq's trainer writes one (``args: None``, ``cfg`` with the model and
     task sections readable by attribute), holding ``model`` as a plain ``transformer`` for ``src``-``tgt``."""
     cfg = config_of(state)
-    cfg["model"] = namespace_dict(plain_model_args(cfg["model"], src, tgt))
+    # the direction it was made for: with the plugin, fairseq's tools and the Translator refuse any other
+    cfg["model"] = namespace_dict({**plain_model_args(cfg["model"], src, tgt), MERGED_KEY: f"{src}-{tgt}"})
     if isinstance(cfg.get("task"), dict):
         task = {k: v for k, v in cfg["task"].items() if not k.startswith("lslo_")}
         task.update(arch=PLAIN_ARCH, user_dir=None, source_lang=src, target_lang=tgt)
