@@ -20,7 +20,7 @@ def merged_state(tiny_run, tmp_path_factory):
 
 
 def test_merged_checkpoint_names_its_direction(merged_state):
-    from fairseq_lslo.inference.loading import MERGED_KEY, merged_direction
+    from fairseq_lslo.deploy.merge import MERGED_KEY, merged_direction
 
     assert merged_direction(merged_state) == "en-de"
     assert merged_state["cfg"]["model"][MERGED_KEY] == "en-de"
@@ -28,7 +28,7 @@ def test_merged_checkpoint_names_its_direction(merged_state):
 
 def test_hf_export_records_the_direction_and_refuses_another(tiny_run, merged_state, tmp_path):
     pytest.importorskip("transformers")
-    from fairseq_lslo.cli.export_hf import export_direction
+    from fairseq_lslo.deploy.hf_export import export_direction
 
     out = str(tmp_path / "hf")
     export_direction(merged_state, tiny_run.data, out)

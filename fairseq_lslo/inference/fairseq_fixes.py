@@ -26,7 +26,7 @@ from collections import OrderedDict
 from typing import Any, Optional
 
 from ..errors import LSLoConfigError
-from .loading import MERGED_KEY
+from ..deploy.merge import MERGED_KEY
 
 logger = logging.getLogger(__name__)
 
