@@ -17,12 +17,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
+from ..deploy.merge import MERGED_KEY, merged_direction  # noqa: F401  (the merged file's direction: its writer's format)
 from ..errors import LSLoConfigError, LSLoFileError
 from ..modules.spec import CONFIG_KEY
 
 TASK = "translation_multi_simple_epoch"
-#: the key ``lslo-merge`` writes into a merged checkpoint's model section: the direction it was made for
-MERGED_KEY = "lslo_merged"
 SPM_NAMES = ("sentencepiece.bpe.model", "spm.model", "sentencepiece.model")
 
 
@@ -42,17 +41,6 @@ def as_dict(section: Any) -> Dict[str, Any]:
     if isinstance(section, Mapping):
         return dict(section)
     return dict(vars(section))
-
-
-def merged_direction(state: Mapping[str, Any]) -> Optional[str]:
-    """``"en-de"`` for a checkpoint written by lslo-merge, else None."""
-    model_cfg = as_dict((state.get("cfg") or {}).get("model")) if isinstance(state.get("cfg"), Mapping) else {}
-    if model_cfg.get(MERGED_KEY):
-        return str(model_cfg[MERGED_KEY])
-    merged = state.get("lslo_merged") or {}
-    if merged.get("source_lang") and merged.get("target_lang"):
-        return f"{merged['source_lang']}-{merged['target_lang']}"
-    return None
 
 
 @dataclass

@@ -205,6 +205,8 @@ class Translator:
     def _per_text(self, value: Langs, n: int, name: str) -> List[str]:
         if isinstance(value, str):
             return [value] * n
+        if not isinstance(value, (list, tuple)):
+            raise LSLoConfigError(f"{name}: one language code, or a list of one per text; got {value!r}")
         values = list(value)
         if len(values) != n:
             raise LSLoConfigError(f"{name}: one language code, or one per text ({n}); got {len(values)}")
@@ -229,7 +231,7 @@ class Translator:
         batches: List[List[int]] = []
         current: List[int] = []
         for i in order:
-            longest = max([sources[j].numel() for j in current] + [sources[i].numel()])
+            longest = sources[i].numel()  # ascending order: the newest is the longest
             if current and (longest * (len(current) + 1) > max_tokens or len(current) >= max_sentences):
                 batches.append(current)
                 current = []
