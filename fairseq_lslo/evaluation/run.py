@@ -198,12 +198,19 @@ def build(cfg, args, overrides: dict, pairs: List[str]):
 
 
 def build_generator(task, model, cfg):
-    """The task's own generator; the per-direction target token is stripped per sentence (OutputFormat)."""
+    """fairseq's generator for the task; the per-direction target token is stripped per sentence (OutputFormat).
+
+    Built by ``FairseqTask.build_generator``: the multilingual task's override only adds the stripping of
+    one fixed ``--target-lang`` token (which ``keep_inference_langtok`` turns off anyway) and, with the
+    plugin's decoding fixes, refuses to build without ``-t`` (one direction at a time), which is right for
+    fairseq-generate and wrong here, where every sentence brings its own target language.
+    """
+    from fairseq.tasks import FairseqTask
     from omegaconf import OmegaConf
 
     gen_args = Namespace(**OmegaConf.to_container(cfg.generation, resolve=True))
     gen_args.keep_inference_langtok = True  # the multilingual task would strip one fixed --target-lang token
-    return task.build_generator([model], gen_args)
+    return FairseqTask.build_generator(task, [model], gen_args)
 
 
 def writer(gen_dir: str, model_id: dict, settings: dict):
