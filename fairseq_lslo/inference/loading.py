@@ -17,12 +17,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
+from ..deploy.merge import merged_direction  # noqa: F401  (a merged file's direction: its writer's format)
 from ..errors import LSLoConfigError, LSLoFileError
 from ..modules.spec import CONFIG_KEY
 
 TASK = "translation_multi_simple_epoch"
-#: the key ``lslo-merge`` writes into a merged checkpoint's model section: the direction it was made for
-MERGED_KEY = "lslo_merged"
 SPM_NAMES = ("sentencepiece.bpe.model", "spm.model", "sentencepiece.model")
 
 
@@ -44,15 +43,22 @@ def as_dict(section: Any) -> Dict[str, Any]:
     return dict(vars(section))
 
 
-def merged_direction(state: Mapping[str, Any]) -> Optional[str]:
-    """``"en-de"`` for a checkpoint written by lslo-merge, else None."""
-    model_cfg = as_dict((state.get("cfg") or {}).get("model")) if isinstance(state.get("cfg"), Mapping) else {}
-    if model_cfg.get(MERGED_KEY):
-        return str(model_cfg[MERGED_KEY])
-    merged = state.get("lslo_merged") or {}
-    if merged.get("source_lang") and merged.get("target_lang"):
-        return f"{merged['source_lang']}-{merged['target_lang']}"
-    return None
+def checkpoint_config(state: Mapping[str, Any]) -> Dict[str, Any]:
+    """The task and model sections of a checkpoint's configuration (``cfg``, or converted legacy ``args``)."""
+    cfg = state.get("cfg")
+    if cfg is None and state.get("args") is not None:
+        from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+        cfg = convert_namespace_to_omegaconf(state["args"])
+    if cfg is None:
+        raise LSLoConfigError("the checkpoint has neither 'cfg' nor 'args': cannot tell how it was trained")
+    return {"task": cfg["task"], "model": cfg["model"]}
+
+
+def pairs_file_beside(path: str) -> Optional[str]:
+    """``language_pairs.txt`` next to the checkpoint (the published model directories ship one), if any."""
+    candidate = os.path.join(os.path.dirname(os.path.abspath(path)), "language_pairs.txt")
+    return candidate if os.path.isfile(candidate) else None
 
 
 @dataclass
