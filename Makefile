@@ -20,7 +20,7 @@ help:
 	@echo "make test     run the test suite, less the slow tests (installs first if needed; a few minutes)"
 	@echo "make test-all run the slow tests (demo, FLORES chain, resume, interop...): make test + make test-all = all"
 	@echo "make install  create $(VENV) with torch, fairseq and this package (editable)"
-	@echo "make bench    speed/memory benchmarks -> results/bench/bench.json, deploy_speed.json"
+	@echo "make bench    speed/memory benchmarks -> results/bench/bench.json, deploy_speed.json, serve.json"
 	@echo "make soak     2,000-update CPU run with pruning: NaN and memory check -> results/bench/soak.json"
 	@echo "make gpu-wheels  (here, with network) wheels for make gpu-check -> .whl/"
 	@echo "make gpu-check   (on a CUDA machine, no network needed) the GPU checks, one summary table"
@@ -32,7 +32,7 @@ $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[test,deploy]"
+	$(PY) -m pip install -q -e ".[test,deploy,serve]"
 	$(PY) -c "import torch, fairseq, fairseq_lslo; print('torch', torch.__version__, '| fairseq', fairseq.__version__)"
 	touch $@
 
@@ -47,16 +47,15 @@ test-all: install
 demo: install
 	OMP_NUM_THREADS=1 $(PY) -m fairseq_lslo.demo --demo $(DEMO) $(DEMO_ARGS)
 
-# CPU by default; BENCH_ARGS="--device cuda" on a GPU (-> results/bench/bench-gpu.json)
+# every bench/ module (python -m bench --list); BENCH_ARGS go to bench.speed, e.g. "--device cuda" on a GPU
+# (-> results/bench/bench-gpu.json); BENCH_ARGS="--only speed" runs some
 BENCH_ARGS ?=
 bench: install
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m bench.speed $(BENCH_ARGS)
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) bench/deploy_speed.py
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) bench/rank_pruning.py
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m bench $(BENCH_ARGS)
 
 SOAK_ARGS ?=
 soak: install
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) bench/soak.py $(SOAK_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m bench.soak $(SOAK_ARGS)
 
 # GPU check (README "GPU check").  gpu-wheels runs here (network, a Python $(GPU_PY_VERSION)):
 # fairseq-fixed built for the GPU machine's Python plus what only fairseq needs, into .whl/.

@@ -116,11 +116,11 @@ def test_stats_errors_and_table(whole_run, capsys):
     assert stats.main([str(whole_run["root"] / "whole" / "checkpoint_last.pt")]) == 0
     table = capsys.readouterr().out
     assert "[total]" in table and "en" in table
-    assert stats.main([whole_run["base"]]) == 1
+    assert stats.main([whole_run["base"]]) == 2  # the runner: prog: error: ..., exit 2 like every tool
     assert "not an LSLo checkpoint" in capsys.readouterr().err
     not_ckpt = whole_run["root"] / "notes.txt"
     not_ckpt.write_text("hello")
-    assert stats.main([str(not_ckpt)]) == 1
+    assert stats.main([str(not_ckpt)]) == 2
     assert str(not_ckpt) in capsys.readouterr().err
 
 
