@@ -14,7 +14,7 @@ setup(
     description="Language-specific LoRA (LSLo) fine-tuning of multilingual NMT models in fairseq",
     long_description=open("README.md", encoding="utf-8").read() if os.path.exists("README.md") else "",
     long_description_content_type="text/markdown",
-    python_requires=">=3.8",
+    python_requires=">=3.10",  # the default torch (TORCH_SPEC, torch 2.13) needs 3.10+
     packages=find_packages(include=["fairseq_lslo", "fairseq_lslo.*", "data_prep", "data_prep.*"]),
     install_requires=[
         TORCH_REQUIREMENT,

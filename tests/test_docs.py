@@ -211,6 +211,26 @@ def test_relative_links_point_to_existing_files():
     assert not problems, "\n".join(problems)
 
 
+def test_readme_is_a_front_door():
+    """At most 200 lines, and its first screen gives the two commands."""
+    lines = read("README.md").splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines; move detail to docs/"
+    first_screen = "\n".join(lines[:30])
+    assert re.search(r"^make demo\b", first_screen, re.M) and re.search(r"^make test\b", first_screen, re.M)
+
+
+def test_readme_and_make_help_agree():
+    """Every ``make TARGET`` the README names is a target that ``make help`` describes."""
+    makefile = read("Makefile")
+    help_targets = set(re.findall(r'@echo "make ([\w-]+)', makefile))
+    help_targets.add("help")
+    named = set(re.findall(r"`make ([\w-]+)", read("README.md"))) | set(re.findall(r"^make ([\w-]+)", read("README.md"), re.M))
+    assert {"demo", "test"} <= help_targets
+    assert named and named <= help_targets, f"README names make targets that make help does not list: {named - help_targets}"
+    for target in named:
+        assert re.search(rf"^(\S+ )*{re.escape(target)}( \S+)*:", makefile, re.M), f"no Makefile rule for {target}"
+
+
 # --- the blocks ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
