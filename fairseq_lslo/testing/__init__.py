@@ -1,1 +1,4 @@
-"""Test and documentation support: tiny synthetic corpora and a tiny real training run."""
+"""Synthetic data and checkpoint builders shared by the tests, the benchmarks and the docs.
+
+Not imported by the plugin itself; each module imports fairseq only where it needs it.
+"""

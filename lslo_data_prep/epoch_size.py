@@ -1,6 +1,6 @@
 """Estimate fairseq updates per epoch on prepared data (to express epoch-based schedules in updates).
 
-    python -m data_prep.epoch_size DATA/bin --max-tokens 4000 --update-freq 4 --world-size 8
+    python -m lslo_data_prep.epoch_size DATA/bin --max-tokens 4000 --update-freq 4 --world-size 8
 
 Reads sentence lengths from the binarized ``train.{lang}.idx`` files (fairseq's mmap index
 format), adds the language tokens ``--encoder-langtok src --decoder-langtok`` put in, and
