@@ -211,6 +211,17 @@ def test_relative_links_point_to_existing_files():
     assert not problems, "\n".join(problems)
 
 
+def test_source_files_the_docs_name_exist():
+    """`fairseq_lslo/...`, `bench/...`, `tests/...` paths in the pages follow the code when it moves."""
+    problems = []
+    for path in doc_files():
+        for name in re.findall(r"`((?:fairseq_lslo|lslo_data_prep|bench|recipes|tests)/[\w./-]+?)(?:::[\w*\[\]-]+)?`",
+                               read(path)):
+            if not os.path.exists(os.path.join(ROOT, name)):
+                problems.append(f"{path}: `{name}` does not exist")
+    assert not problems, "\n".join(problems)
+
+
 def test_readme_is_a_front_door():
     """At most 200 lines, and its first screen gives the two commands."""
     lines = read("README.md").splitlines()
