@@ -27,7 +27,7 @@ from ..languages import LSLoConfigError
 from ..modules.spec import CONFIG_KEY
 from .m2m100 import (UnsupportedForM2M100, build_m2m100, language_token_id, optional_spm, specials_of,
                      tokenizer_numbering, write_tokenizer)
-from .merge import DirectionMerger, config_of, plain_model_args, writable_directory
+from .merge import DirectionMerger, config_of, merged_direction, plain_model_args, writable_directory
 
 
 def direction_model(state: Mapping[str, Any], src: Optional[str], tgt: Optional[str],
@@ -37,8 +37,13 @@ def direction_model(state: Mapping[str, Any], src: Optional[str], tgt: Optional[
         if src is None or tgt is None:
             raise LSLoConfigError(f"{where} is an LSLo checkpoint: give the direction with --source-lang/--target-lang")
         return DirectionMerger(state["model"], where).merged_state(src, tgt), src, tgt
-    merged = state.get("lslo_merged") or {}
-    src, tgt = src or merged.get("source_lang"), tgt or merged.get("target_lang")
+    made_for = merged_direction(state)
+    if made_for:  # a merged checkpoint holds one direction's adapters: another one would be silently wrong
+        own = tuple(made_for.split("-"))
+        if (src or own[0], tgt or own[1]) != own:
+            raise LSLoConfigError(f"{where} was merged for {made_for} (lslo-merge) and holds only that direction's "
+                                  f"adapters; asked for {src or own[0]}-{tgt or own[1]} (--source-lang/--target-lang)")
+        src, tgt = own
     if src is None or tgt is None:
         raise LSLoConfigError(f"{where} does not say its direction: give --source-lang and --target-lang")
     return dict(state["model"]), src, tgt
@@ -85,6 +90,7 @@ def export_direction(state: Mapping[str, Any], data: str, out: str, src: Optiona
     forced = language_token_id(symbols, tgt, "--target-lang")
     vocab, order = tokenizer_numbering(symbols) if spm is not None else (None, None)
     hf = build_m2m100(plain_model_args(cfg["model"]), model, specials_of(dictionary), forced, order)
+    hf.config.lslo_direction = f"{src}-{tgt}"  # config.json says which direction's adapters the weights hold
     parent = writable_directory(os.path.dirname(os.path.abspath(out)), "-o/--output (its directory)")
     tmp = tempfile.mkdtemp(prefix=".tmp-", suffix=os.path.basename(out), dir=parent)
     try:

@@ -35,12 +35,13 @@ ARCH_FLAGS: Tuple[str, ...] = (
     "--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
     "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2",
     "--decoder-attention-heads", "2", "--share-all-embeddings",
+    "--encoder-normalize-before", "--decoder-normalize-before",  # pre-norm, as M2M-100 (lslo-export-hf needs it)
 )
 LSLO_FLAGS: Tuple[str, ...] = ("--lslo-langs", "en:high,fr:high,de:low", "--lslo-rank", "high:2,low:4")
 SPM_VOCAB = 64
 BASE_UPDATES, LSLO_UPDATES = 300, 60
 #: bump when anything above changes: a cached run of another version is rebuilt
-VERSION = 1
+VERSION = 2
 MANIFEST = "tiny_run.json"
 USER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the fairseq_lslo package
 
