@@ -15,7 +15,7 @@ from fairseq import checkpoint_utils
 from fairseq_lslo.checkpoint_io import load_checkpoint
 from fairseq_lslo.cli import stats
 from fairseq_lslo.modules.adapter_file import load_adapters
-from fairseq_lslo.modules.lslo_linear import is_lslo_key
+from fairseq_lslo.modules.keys import is_lslo_key
 from fairseq_lslo.modules.spec import CONFIG_KEY, LSLoSpec
 
 LEGACY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "legacy")
@@ -67,4 +67,15 @@ def test_legacy_stats_json_is_unchanged(capsys):
     assert stats.main([CKPT, "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     expected.pop("checkpoint"), record.pop("checkpoint")
-    assert record == expected
+    # additions are allowed (issue 20: kept rank and dead adapters); every field the old record had is unchanged
+    added = {"dead_languages"}
+    added_per_language = {"kept_rank", "adapters", "dead_adapters"}
+    assert set(record) - set(expected) <= added
+    for key, value in expected.items():
+        if key != "languages":
+            assert record[key] == value, key
+    assert record["languages"].keys() == expected["languages"].keys()
+    for code, entry in expected["languages"].items():
+        assert set(record["languages"][code]) - set(entry) <= added_per_language, code
+        assert {k: record["languages"][code][k] for k in entry} == entry, code
+    assert record["dead_languages"] == []

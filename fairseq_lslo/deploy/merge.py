@@ -25,7 +25,7 @@ import torch
 from ..checkpoint_io import CheckpointError, atomic_torch_save, load_checkpoint
 from ..languages import LSLoConfigError
 from ..modules.adapter_state import ModuleAdapters, group_adapters, module_delta
-from ..modules.lslo_linear import is_lslo_key
+from ..modules.keys import is_lslo_key
 from ..modules.spec import LSLoSpec
 
 PLAIN_ARCH = "transformer"
