@@ -19,7 +19,7 @@ help:
 	@echo "make demo     the whole method on the embedded synthetic benchmark, on a CPU (DEMO=tiny|default; docs/demo.md)"
 	@echo "make test     the test suite (installs first if needed)"
 	@echo "make install  create $(VENV) with torch, fairseq and this package (editable)"
-	@echo "make bench    speed/memory benchmarks -> results/bench/bench.json, deploy_speed.json"
+	@echo "make bench    speed/memory benchmarks -> results/bench/bench.json, deploy_speed.json, rank_pruning.json (docs/benchmarks.md)"
 	@echo "make soak     2,000-update CPU run with pruning: NaN and memory check -> results/bench/soak.json"
 	@echo "make gpu-wheels  (here, with network) wheels for make gpu-check -> .whl/"
 	@echo "make gpu-check   (on a CUDA machine, no network needed) the GPU checks, one summary table (docs/gpu-check.md)"
