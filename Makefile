@@ -19,7 +19,7 @@ help:
 	@echo "make demo     the whole method on the embedded synthetic benchmark, on a CPU (DEMO=tiny|default; docs/demo.md)"
 	@echo "make test     the test suite (installs first if needed)"
 	@echo "make install  create $(VENV) with torch, fairseq and this package (editable)"
-	@echo "make bench    speed/memory benchmarks -> results/bench/bench.json, deploy_speed.json, rank_pruning.json (docs/benchmarks.md)"
+	@echo "make bench    speed/memory benchmarks -> results/bench/bench.json, deploy_speed.json, rank_pruning.json, serve.json (docs/benchmarks.md)"
 	@echo "make soak     2,000-update CPU run with pruning: NaN and memory check -> results/bench/soak.json"
 	@echo "make gpu-wheels  (here, with network) wheels for make gpu-check -> .whl/"
 	@echo "make gpu-check   (on a CUDA machine, no network needed) the GPU checks, one summary table (docs/gpu-check.md)"
@@ -31,7 +31,7 @@ $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[test,deploy]"
+	$(PY) -m pip install -q -e ".[test,deploy,serve]"
 	$(PY) -c "import torch, fairseq, fairseq_lslo; print('torch', torch.__version__, '| fairseq', fairseq.__version__)"
 	touch $@
 
@@ -47,6 +47,7 @@ bench: install
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m bench.speed $(BENCH_ARGS)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) bench/deploy_speed.py
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) bench/rank_pruning.py
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) bench/serve.py
 
 SOAK_ARGS ?=
 soak: install

@@ -30,6 +30,8 @@ setup(
         "test": ["pytest"],
         # deployment interop (lslo-export-hf, the CTranslate2 tests); the plugin never imports these
         "deploy": ["ctranslate2>=4.0", "transformers>=4.40", "safetensors", "sentencepiece"],
+        # lslo-serve (fairseq_lslo.serve): aiohttp is both the server and the client the tests use
+        "serve": ["aiohttp>=3.9"],
     },
     entry_points={
         "console_scripts": [
@@ -39,6 +41,7 @@ setup(
             "lslo-arch=fairseq_lslo.cli.arch:main",
             "lslo-export-hf=fairseq_lslo.cli.export_hf:main",
             "lslo-evaluate=fairseq_lslo.cli.evaluate:main",
+            "lslo-serve=fairseq_lslo.serve.cli:main",
         ]
     },
 )

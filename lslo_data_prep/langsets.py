@@ -16,7 +16,9 @@ class LangRow:
     group: str
 
 
-def read_langset(path: str) -> List[LangRow]:
+def read_langset(path: str, flores_optional: bool = False) -> List[LangRow]:
+    """The rows of a language-set file; ``flores_optional``: rows may also be ``model_code<TAB>group``
+    (scoring needs no FLORES code; downloading and preparing do)."""
     rows: List[LangRow] = []
     try:
         f = open(path, encoding="utf-8")
@@ -28,10 +30,12 @@ def read_langset(path: str) -> List[LangRow]:
             if not line.strip():
                 continue
             cols = [c.strip() for c in line.split("\t")]
-            if len(cols) != 3 or not all(cols):
-                raise DataPrepError(
-                    f"{path}:{lineno}: expected 'model_code<TAB>flores_code<TAB>group', got {line!r}"
-                )
+            if flores_optional and len(cols) == 2 and all(cols):
+                cols = [cols[0], "", cols[1]]
+            if len(cols) != 3 or not all(cols[i] for i in ((0, 2) if flores_optional else (0, 1, 2))):
+                expected = "model_code<TAB>[flores_code<TAB>]group" if flores_optional else \
+                    "model_code<TAB>flores_code<TAB>group"
+                raise DataPrepError(f"{path}:{lineno}: expected '{expected}', got {line!r}")
             rows.append(LangRow(*cols))
     codes = [r.code for r in rows]
     dup = {c for c in codes if codes.count(c) > 1}

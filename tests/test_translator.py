@@ -174,3 +174,18 @@ def test_half_precision_is_honoured(tiny_run, translator):
     out = half.translate(texts, "en", "fr")  # torch runs float16 on the CPU: the model decodes in it
     assert len(out) == len(texts) and all(isinstance(s, str) for s in out)
     assert sum(a == b for a, b in zip(out, translator.translate(texts, "en", "fr"))) >= len(texts) // 2
+
+
+def test_published_flores_layout_loads_from_the_model_directory_alone(tmp_path):
+    """model.pt + dict.txt + sentencepiece.bpe.model + language_pairs.txt, as the FLORES-101 archives hold them."""
+    import tarfile
+
+    import flores_fixture
+
+    with tarfile.open(flores_fixture.archives()["model"]) as tar:
+        tar.extractall(tmp_path)
+    t = fairseq_lslo.Translator.from_checkpoint(str(tmp_path / "flores101_mm100_615M" / "model.pt"))
+    codes = sorted({c for c, _ in flores_fixture.LANG12} | set(flores_fixture.EXTRA_MODEL_LANGS))
+    assert t.languages == codes and len(t.directions) == len(codes) * (len(codes) - 1)
+    out = t.translate(["Hello.", "Bonjour."], ["en", "fr"], ["wo", "de"], max_len_b=5)
+    assert len(out) == 2 and not any("__" in s for s in out)

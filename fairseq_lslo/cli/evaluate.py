@@ -9,8 +9,11 @@ import sys
 from lslo_data_prep.langsets import DataPrepError
 
 from ..checkpoint_io import CheckpointError
-from ..evaluation.run import EvaluateError, run
-from ..languages import LSLoConfigError
+from ..errors import LSLoError
+from ..evaluation.run import EvaluateError, check_files, run
+from .runner import run_tool
+
+PROG = "lslo-evaluate"
 
 
 def get_parser():
@@ -25,6 +28,9 @@ def get_parser():
     group.add_argument("--shard", metavar="I/N", help="decode only share I (0-based) of N of the directions, e.g. "
                                                       "one SLURM array task per GPU; implies --no-score")
     group.add_argument("--raw", metavar="DIR", help="plain-text references RAW/{gen-subset}.{lang} (for scoring)")
+    group.add_argument("--lang-groups", metavar="FILE",
+                       help="language groups for the score tables: rows 'code<TAB>[flores_code<TAB>]group' "
+                            "(default: DATA/langs.tsv if there, else the checkpoint's LSLo configuration)")
     group.add_argument("--spm-model", metavar="FILE",
                        help="score spBLEU with this local SentencePiece model (the FLORES-101 one) instead of "
                             "sacrebleu's flores101 tokenizer, which downloads its model")
@@ -36,7 +42,6 @@ def get_parser():
     return parser
 
 
-
 def main(argv=None) -> int:
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
@@ -46,12 +51,19 @@ def main(argv=None) -> int:
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
                         level=os.environ.get("LOGLEVEL", "WARNING").upper(), stream=sys.stderr)
     args = options.parse_args_and_arch(get_parser(), argv)
-    try:
-        cfg = convert_namespace_to_omegaconf(args)
-        return run(args, cfg)
-    except (EvaluateError, DataPrepError, LSLoConfigError, CheckpointError, ValueError) as e:
-        print(f"lslo-evaluate: error: {e}", file=sys.stderr)
-        return 2
+
+    def body() -> int:
+        try:
+            check_files(args)  # fails before fairseq's configuration machinery prints its warnings
+            return run(args, convert_namespace_to_omegaconf(args))
+        except (DataPrepError, CheckpointError) as e:
+            raise EvaluateError(str(e)) from None
+        except ValueError as e:  # fairseq's and our checks of values (not LSLoError: run_tool prints those)
+            if isinstance(e, LSLoError):
+                raise
+            raise EvaluateError(str(e)) from None
+
+    return run_tool(PROG, body)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,23 @@ def task_dictionary(cfg: Mapping[str, Any], data: str, src: str, tgt: str):
     return task.target_dictionary
 
 
+def give_default_modes(tree: str) -> None:
+    """The modes ``mkdir``/``open`` would give under the umask (0755/0644 under 022), for the whole tree.
+
+    ``tempfile.mkdtemp`` makes the directory 0700 and some writers make files 0600: renamed into
+    place as they are, another account or a container could not read the export.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tree, 0o777 & ~umask)
+    for parent, dirs, files in os.walk(tree):
+        for name in dirs:
+            os.chmod(os.path.join(parent, name), 0o777 & ~umask)
+        for name in files:
+            if not os.path.islink(os.path.join(parent, name)):
+                os.chmod(os.path.join(parent, name), 0o666 & ~umask)
+
+
 def replace_directory(tmp: str, out: str) -> None:
     """Move the finished directory ``tmp`` to ``out``; an existing ``out`` is swapped out only at the end."""
     if not os.path.lexists(out):
@@ -98,6 +115,7 @@ def export_direction(state: Mapping[str, Any], data: str, out: str, src: Optiona
         if spm is not None:
             write_tokenizer(tmp, vocab, spm, src, tgt)
         names = sorted(os.listdir(tmp))
+        give_default_modes(tmp)
         replace_directory(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -226,6 +226,12 @@ def write_tokenizer(out_dir: str, vocab: Mapping[str, int], spm_model: str, src:
     spm_file = os.path.join(out_dir, "sentencepiece.bpe.model")
     shutil.copyfile(spm_model, spm_file)
     tokenizer = tokenization.M2M100Tokenizer(vocab_file, spm_file, src_lang=src, tgt_lang=tgt, language_codes="m2m100")
+    if tokenizer.get_lang_id(tgt) not in tokenizer.all_special_ids:
+        # transformers 5 no longer makes the language tokens special (4.x did): register them, so that
+        # decode(..., skip_special_tokens=True) drops them as fairseq does; their ids stay the same
+        languages = [lang_token(code) for code in tokenization.FAIRSEQ_LANGUAGE_CODES["m2m100"]]
+        tokenizer = tokenization.M2M100Tokenizer(vocab_file, spm_file, src_lang=src, tgt_lang=tgt,
+                                                 language_codes="m2m100", extra_special_tokens=languages)
     return list(tokenizer.save_pretrained(out_dir))
 
 

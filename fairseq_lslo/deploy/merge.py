@@ -29,8 +29,9 @@ from ..modules.keys import is_lslo_key
 from ..modules.spec import LSLoSpec
 
 PLAIN_ARCH = "transformer"
-#: the key of a merged checkpoint's model section that names the direction it was made for ("en-de")
-MERGED_KEY = "lslo_merged"
+#: the key of a merged checkpoint's model section that names the direction it was made for ("en-de");
+#: not ``lslo_``-prefixed: the plain model section carries no LSLo flag
+MERGED_KEY = "merged_direction"
 Direction = Tuple[str, str]
 
 
@@ -133,7 +134,7 @@ def config_of(state: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def merged_direction(state: Mapping[str, Any]) -> Optional[str]:
-    """``"en-de"`` for a checkpoint written by lslo-merge (the model section's ``lslo_merged``, or the
+    """``"en-de"`` for a checkpoint written by lslo-merge (the model section's ``merged_direction``, or the
     top-level entry older merged files carry alone), else None."""
     model_cfg = (state.get("cfg") or {}).get("model") if isinstance(state.get("cfg"), Mapping) else None
     made_for = getattr(model_cfg, MERGED_KEY, None) or (model_cfg.get(MERGED_KEY) if isinstance(model_cfg, Mapping) else None)

@@ -62,7 +62,8 @@ def _build_generator(original, task, models, args, seq_gen_cls=None, extra_gen_c
                      prefix_allowed_tokens_fn=None):
     """fairseq's, plus ``prefix_allowed_tokens_fn`` (passed on) and a clear error without ``-t``."""
     _, tgt_spec = task.args.langtoks["main"]
-    if tgt_spec and task.args.target_lang is None and not getattr(args, "score_reference", False):
+    keep = getattr(args, "keep_inference_langtok", False)
+    if tgt_spec and task.args.target_lang is None and not keep:  # where fairseq 0.12 fails with KeyError: None
         raise LSLoConfigError(
             "translation_multi_simple_epoch decodes one direction at a time: give -s/--source-lang and "
             "-t/--target-lang (e.g. -s en -t de); to translate many directions at once use fairseq_lslo.Translator"
@@ -72,7 +73,7 @@ def _build_generator(original, task, models, args, seq_gen_cls=None, extra_gen_c
     from fairseq.tasks import FairseqTask
 
     extra = dict(extra_gen_cls_kwargs or {})
-    if tgt_spec and not getattr(args, "keep_inference_langtok", False):  # what the original strips
+    if tgt_spec and not keep:  # what the original strips
         extra["symbols_to_strip_from_output"] = {task.data_manager.get_decoder_langtok(task.args.target_lang, tgt_spec)}
     return FairseqTask.build_generator(task, models, args, seq_gen_cls=seq_gen_cls, extra_gen_cls_kwargs=extra,
                                        prefix_allowed_tokens_fn=prefix_allowed_tokens_fn)

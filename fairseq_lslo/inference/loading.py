@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
-from ..deploy.merge import MERGED_KEY, merged_direction  # noqa: F401  (the merged file's direction: its writer's format)
+from ..deploy.merge import merged_direction  # noqa: F401  (a merged file's direction: its writer's format)
 from ..errors import LSLoConfigError, LSLoFileError
 from ..modules.spec import CONFIG_KEY
 
@@ -41,6 +41,24 @@ def as_dict(section: Any) -> Dict[str, Any]:
     if isinstance(section, Mapping):
         return dict(section)
     return dict(vars(section))
+
+
+def checkpoint_config(state: Mapping[str, Any]) -> Dict[str, Any]:
+    """The task and model sections of a checkpoint's configuration (``cfg``, or converted legacy ``args``)."""
+    cfg = state.get("cfg")
+    if cfg is None and state.get("args") is not None:
+        from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+        cfg = convert_namespace_to_omegaconf(state["args"])
+    if cfg is None:
+        raise LSLoConfigError("the checkpoint has neither 'cfg' nor 'args': cannot tell how it was trained")
+    return {"task": cfg["task"], "model": cfg["model"]}
+
+
+def pairs_file_beside(path: str) -> Optional[str]:
+    """``language_pairs.txt`` next to the checkpoint (the published model directories ship one), if any."""
+    candidate = os.path.join(os.path.dirname(os.path.abspath(path)), "language_pairs.txt")
+    return candidate if os.path.isfile(candidate) else None
 
 
 @dataclass

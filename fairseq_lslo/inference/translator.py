@@ -9,7 +9,6 @@ fairseq's ``--decoder-langtok`` does, and the inventory ids are passed as ``lslo
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -21,7 +20,6 @@ from ..errors import LSLoConfigError, LSLoFileError
 from ..langtok import lang_token
 from . import loading
 
-logger = logging.getLogger(__name__)
 
 Langs = Union[str, Sequence[str]]
 
@@ -83,15 +81,17 @@ class Translator:
 
         from ..checkpoint_io import load_checkpoint
 
+        if not isinstance(half, bool):
+            raise LSLoConfigError(f"half: expected True or False, got {half!r}")
         if not os.path.isfile(path):
             raise LSLoFileError(f"{path}: no such checkpoint file")
         state = load_checkpoint(path)  # CheckpointError names a file that is not a readable checkpoint
-        cfg = cls._config(state)
+        cfg = loading.checkpoint_config(state)
         cfg_task, cfg_model = loading.as_dict(cfg.get("task")), loading.as_dict(cfg.get("model"))
         merged = loading.merged_direction(state)
         if adapters is not None and loading.is_lslo_state(state["model"]):
             raise LSLoConfigError(f"adapters={adapters}: {path} is an LSLo checkpoint already; give a plain base checkpoint")
-        here_pairs = cls._pairs_file(path)
+        here_pairs = loading.pairs_file_beside(path)
         pairs = loading.read_pairs(cfg_task, here_pairs)
         langs = loading.language_list(cfg_task, pairs, here_pairs)
         files = loading.find_files(path, cfg_task, langs, data, spm)
@@ -100,22 +100,6 @@ class Translator:
         model = task.build_model(loading.model_namespace(cfg_model, adapters))
         model.load_state_dict(state["model"], strict=True, model_cfg=cfg.get("model"))
         return cls(task, model, files.spm, langs, merged_for=merged, device=device, half=half, name=path)
-
-    @staticmethod
-    def _config(state) -> Dict:
-        cfg = state.get("cfg")
-        if cfg is None and state.get("args") is not None:
-            from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-
-            cfg = convert_namespace_to_omegaconf(state["args"])
-        if cfg is None:
-            raise LSLoConfigError("the checkpoint has neither 'cfg' nor 'args': cannot tell how it was trained")
-        return {"task": cfg["task"], "model": cfg["model"]}
-
-    @staticmethod
-    def _pairs_file(path: str) -> Optional[str]:
-        candidate = os.path.join(os.path.dirname(os.path.abspath(path)), "language_pairs.txt")
-        return candidate if os.path.isfile(candidate) else None
 
     # --- what it serves ------------------------------------------------------------------
     @property
@@ -205,6 +189,8 @@ class Translator:
     def _per_text(self, value: Langs, n: int, name: str) -> List[str]:
         if isinstance(value, str):
             return [value] * n
+        if not isinstance(value, (list, tuple)):
+            raise LSLoConfigError(f"{name}: one language code, or a list of one per text; got {value!r}")
         values = list(value)
         if len(values) != n:
             raise LSLoConfigError(f"{name}: one language code, or one per text ({n}); got {len(values)}")
@@ -229,7 +215,7 @@ class Translator:
         batches: List[List[int]] = []
         current: List[int] = []
         for i in order:
-            longest = max([sources[j].numel() for j in current] + [sources[i].numel()])
+            longest = sources[i].numel()  # ascending order: the newest is the longest
             if current and (longest * (len(current) + 1) > max_tokens or len(current) >= max_sentences):
                 batches.append(current)
                 current = []
