@@ -30,7 +30,7 @@ FENCE = re.compile(r"^(?P<indent>\s*)(?P<ticks>`{3,})(?P<info>[^`]*)$")
 MARKER = re.compile(r"^\s*<!--\s*docs:\s*(?P<kind>[\w-]+)(?P<rest>.*?)-->\s*$")
 BLOCK_TIMEOUT_S = 300
 # Pages other helpers write; until the integrator merges them, links to them may dangle here.
-PAGES_WRITTEN_ELSEWHERE = {"docs/translating.md", "docs/pruning-study.md"}
+PAGES_WRITTEN_ELSEWHERE = {"docs/pruning-study.md"}
 
 
 @dataclass(frozen=True)
