@@ -19,7 +19,7 @@ help:
 	@echo "make demo     the whole method on the embedded synthetic benchmark, on a CPU (DEMO=tiny|default; docs/demo.md)"
 	@echo "make test     the test suite (installs first if needed)"
 	@echo "make install  create $(VENV) with torch, fairseq and this package (editable)"
-	@echo "make bench    speed/memory benchmarks -> results/bench/bench.json, deploy_speed.json, rank_pruning.json, serve.json (docs/benchmarks.md)"
+	@echo "make bench    every speed/memory benchmark of bench/ -> results/bench/*.json (docs/benchmarks.md)"
 	@echo "make soak     2,000-update CPU run with pruning: NaN and memory check -> results/bench/soak.json"
 	@echo "make gpu-wheels  (here, with network) wheels for make gpu-check -> .whl/"
 	@echo "make gpu-check   (on a CUDA machine, no network needed) the GPU checks, one summary table (docs/gpu-check.md)"
@@ -41,17 +41,15 @@ test: install
 demo: install
 	OMP_NUM_THREADS=1 $(PY) -m fairseq_lslo.demo --demo $(DEMO) $(DEMO_ARGS)
 
-# CPU by default; BENCH_ARGS="--device cuda" on a GPU (-> results/bench/bench-gpu.json)
+# every bench/ module (python -m bench --list); BENCH_ARGS go to bench.speed, e.g. "--device cuda" on a GPU
+# (-> results/bench/bench-gpu.json); BENCH_ARGS="--only speed" runs some
 BENCH_ARGS ?=
 bench: install
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m bench.speed $(BENCH_ARGS)
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) bench/deploy_speed.py
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) bench/rank_pruning.py
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) bench/serve.py
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m bench $(BENCH_ARGS)
 
 SOAK_ARGS ?=
 soak: install
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) bench/soak.py $(SOAK_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m bench.soak $(SOAK_ARGS)
 
 # GPU check (docs/gpu-check.md).  gpu-wheels runs here (network, a Python $(GPU_PY_VERSION)):
 # fairseq-fixed built for the GPU machine's Python plus what only fairseq needs, into .whl/.

@@ -15,7 +15,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read() if os.path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",  # the default torch (TORCH_SPEC, torch 2.13) needs 3.10+
-    packages=find_packages(include=["fairseq_lslo", "fairseq_lslo.*", "lslo_data_prep", "lslo_data_prep.*"]),
+    # bench/ and tests/ stay in the repository; lslo_common is the torch-free bottom both packages share
+    packages=find_packages(include=["fairseq_lslo", "fairseq_lslo.*", "lslo_common", "lslo_common.*",
+                                    "lslo_data_prep", "lslo_data_prep.*"]),
+    package_data={"lslo_data_prep": ["archives.json", "langs/*.tsv"]},
     install_requires=[
         TORCH_REQUIREMENT,
         "fairseq==0.12.2; python_version < '3.11'",

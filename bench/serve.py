@@ -73,7 +73,7 @@ def base_parameters_615m() -> int:
 
 def lslo_parameters_615m(placement: str) -> int:
     """LSLo parameters of Lang12 on the 615M layers, counted by lslo-stats from the banks the spec builds."""
-    from fairseq_lslo.cli.stats import compute_stats
+    from fairseq_lslo.reports.stats import compute_stats
     from fairseq_lslo.modules.spec import CONFIG_KEY, LSLoSpec, resolve_preset
 
     enc, dec, preset = PLACEMENTS[placement]

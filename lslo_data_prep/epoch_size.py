@@ -21,6 +21,8 @@ from typing import List
 
 import numpy as np
 
+from lslo_common.runner import run_tool
+
 from .langsets import DataPrepError, read_langset
 
 MAGIC = b"MMIDIDX\x00\x00"
@@ -74,12 +76,8 @@ def main(argv=None) -> int:
     p.add_argument("--update-freq", type=int, default=1)
     p.add_argument("--world-size", type=int, default=1)
     a = p.parse_args(argv)
-    try:
-        print(updates_per_epoch(a.data, a.max_tokens, a.update_freq, a.world_size))
-    except (DataPrepError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_tool("lslo_data_prep.epoch_size",
+                    lambda: print(updates_per_epoch(a.data, a.max_tokens, a.update_freq, a.world_size)))
 
 
 if __name__ == "__main__":

@@ -21,9 +21,13 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from .fsutil import atomic_write_text, sha256_file
+from lslo_common.atomic import atomic_write_text
+from lslo_common.langset_file import LangRow
+from lslo_common.runner import run_tool
+
+from .fsutil import sha256_file
 from .hypotheses import check_same_model, model_identity
-from .langsets import DataPrepError, LangRow, directions, read_langset
+from .langsets import DataPrepError, directions, read_langset
 
 
 def read_hypotheses(path: str) -> List[str]:
@@ -221,13 +225,13 @@ def main(argv=None) -> int:
                    help="refuse hypothesis files not recorded as decoded from this checkpoint (by content)")
     p.add_argument("--adapters", default=None, help="with --checkpoint: the --lslo-adapters file it was decoded with")
     a = p.parse_args(argv)
-    try:
-        expect = model_identity({"checkpoint": a.checkpoint, "adapters": a.adapters}) if a.checkpoint else None
-        rows = score(a.data, a.raw, a.gen_dir, a.out_dir, a.spm_model, a.pairs.split(",") if a.pairs else None, a.split,
-                     expect)
-    except DataPrepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_tool("lslo_data_prep.score", lambda: score_and_print(a))
+
+
+def score_and_print(a: argparse.Namespace) -> int:
+    expect = model_identity({"checkpoint": a.checkpoint, "adapters": a.adapters}) if a.checkpoint else None
+    rows = score(a.data, a.raw, a.gen_dir, a.out_dir, a.spm_model, a.pairs.split(",") if a.pairs else None, a.split,
+                 expect)
     print(open(os.path.join(a.out_dir, "scores.md"), encoding="utf-8").read())
     print(f"{len(rows)} directions scored -> {a.out_dir}/scores.tsv, scores.md, heatmap.png")
     return 0

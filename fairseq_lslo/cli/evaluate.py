@@ -6,11 +6,7 @@ import logging
 import os
 import sys
 
-from lslo_data_prep.langsets import DataPrepError
-
-from ..checkpoint_io import CheckpointError
-from ..errors import LSLoError
-from ..evaluation.run import EvaluateError, check_files, run
+from ..evaluation.run import check_files, run
 from .runner import run_tool
 
 PROG = "lslo-evaluate"
@@ -53,15 +49,8 @@ def main(argv=None) -> int:
     args = options.parse_args_and_arch(get_parser(), argv)
 
     def body() -> int:
-        try:
-            check_files(args)  # fails before fairseq's configuration machinery prints its warnings
-            return run(args, convert_namespace_to_omegaconf(args))
-        except (DataPrepError, CheckpointError) as e:
-            raise EvaluateError(str(e)) from None
-        except ValueError as e:  # fairseq's and our checks of values (not LSLoError: run_tool prints those)
-            if isinstance(e, LSLoError):
-                raise
-            raise EvaluateError(str(e)) from None
+        check_files(args)  # fails before fairseq's configuration machinery prints its warnings
+        return run(args, convert_namespace_to_omegaconf(args))
 
     return run_tool(PROG, body)
 

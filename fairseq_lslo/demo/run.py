@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from typing import Callable, Dict, List, Optional
 
+from lslo_common.atomic import atomic_write_text
+
 from . import report
 from .benchmark import GRAMMARS, generate
 from .commands import METHODS, Method, Run, runs_of, train_command
@@ -65,11 +67,8 @@ class Stages:
         self.force = True  # every later stage depends on this one: redo them too
         result = fn() or {}
         self.seconds[name], self.loads[name] = time.time() - t0, [round(x, 2) for x in os.getloadavg()]
-        tmp = stamp + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"key": self.key, "result": result, "seconds": self.seconds[name], "load": self.loads[name]},
-                      f, indent=1)
-        os.replace(tmp, stamp)
+        record = {"key": self.key, "result": result, "seconds": self.seconds[name], "load": self.loads[name]}
+        atomic_write_text(stamp, json.dumps(record, indent=1))
         print(f"    finished in {time.time() - t0:.0f} s", flush=True)
         return result
 

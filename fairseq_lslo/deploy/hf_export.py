@@ -12,20 +12,17 @@ loads it.  Needs the ``deploy`` extra (transformers).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import sys
 import tempfile
 from argparse import Namespace
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from ..checkpoint_io import CheckpointError, load_checkpoint
-from ..languages import LSLoConfigError
+from ..errors import LSLoConfigError, LSLoFileError
 from ..modules.spec import CONFIG_KEY
-from .m2m100 import (UnsupportedForM2M100, build_m2m100, language_token_id, optional_spm, specials_of,
+from .m2m100 import (UnsupportedForM2M100, build_m2m100, language_token_id, specials_of,
                      tokenizer_numbering, write_tokenizer)
 from .merge import DirectionMerger, config_of, merged_direction, plain_model_args, writable_directory
 
@@ -54,13 +51,13 @@ def task_dictionary(cfg: Mapping[str, Any], data: str, src: str, tgt: str):
     from fairseq import tasks
 
     if not os.path.isdir(data):
-        raise FileNotFoundError(f"--data {data}: no such directory (the fairseq data directory with dict.*.txt)")
+        raise LSLoFileError(f"--data {data}: no such directory (the fairseq data directory with dict.*.txt)")
     task_args = Namespace(**dict(cfg.get("task") or {}))
     task_args.data, task_args.source_lang, task_args.target_lang = data, src, tgt
     try:
         task = tasks.setup_task(task_args)
     except (FileNotFoundError, OSError) as e:
-        raise FileNotFoundError(f"--data {data}: cannot load the dictionaries of {src}-{tgt}: {e}") from None
+        raise LSLoFileError(f"--data {data}: cannot load the dictionaries of {src}-{tgt}: {e}") from None
     if task.source_dictionary.symbols != task.target_dictionary.symbols:
         raise UnsupportedForM2M100(f"--data {data}: source and target dictionaries differ; M2M-100 has one vocabulary")
     return task.target_dictionary

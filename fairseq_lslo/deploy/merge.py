@@ -12,9 +12,7 @@ converts it, and it translates that one direction exactly as the LSLo model does
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import tempfile
 from argparse import Namespace
 from collections import OrderedDict
@@ -22,8 +20,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from ..checkpoint_io import CheckpointError, atomic_torch_save, load_checkpoint
-from ..languages import LSLoConfigError
+from ..checkpoint_io import CheckpointError, atomic_torch_save
+from ..errors import LSLoConfigError
 from ..modules.adapter_state import ModuleAdapters, group_adapters, module_delta
 from ..modules.keys import is_lslo_key
 from ..modules.spec import LSLoSpec

@@ -18,7 +18,6 @@ A rerun skips the directions already decoded by the same model with the same set
 from __future__ import annotations
 
 import ast
-import logging
 import os
 import sys
 import time
@@ -27,12 +26,13 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from lslo_data_prep.fsutil import atomic_write_text
+from lslo_common.atomic import atomic_write_text
+from lslo_common.langset_file import LangRow
 from lslo_data_prep.hypotheses import mismatch, model_identity, read_record, write_record
-from lslo_data_prep.langsets import DataPrepError, LangRow, read_langset
+from lslo_data_prep.langsets import read_langset
 from lslo_data_prep.score import Scorer, check_directions, score
 
-from ..checkpoint_io import CheckpointError, load_checkpoint
+from ..checkpoint_io import load_checkpoint
 from ..errors import LSLoError, LSLoFileError
 from ..langtok import lang_token
 from .decode import Direction, OutputFormat, Progress, decode, load_directions, plan_batches
@@ -134,9 +134,9 @@ def language_groups(args, state: dict, pairs: List[str]) -> Tuple[List[LangRow],
         return read_langset(beside_data, flores_optional=True), beside_data
     spec, where = lslo_spec(state, args)
     if spec is not None:
-        return [LangRow(code, "", group) for code, group in spec.languages], f"the LSLo configuration of {where}"
+        return [LangRow(code, None, group) for code, group in spec.languages], f"the LSLo configuration of {where}"
     codes = list(dict.fromkeys(code for pair in pairs for code in pair.split("-")))
-    return [LangRow(code, "", "all") for code in codes], "--lang-pairs"
+    return [LangRow(code, None, "all") for code in codes], "--lang-pairs"
 
 
 def check_languages(state: dict, args, pairs: List[str]) -> None:

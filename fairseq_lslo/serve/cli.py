@@ -19,7 +19,7 @@ import signal
 import sys
 from typing import List, Optional
 
-from ..cli.runner import run_tool
+from lslo_common.runner import run_tool
 from ..errors import LSLoConfigError, LSLoError
 
 PROG = "lslo-serve"

@@ -25,7 +25,8 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Sequence, Tuple
 
-from ..checkpoint_io import atomic_write
+from lslo_common.atomic import atomic_write
+
 from .corpus import Corpus, make_corpus
 
 LANGS: Tuple[str, ...] = ("en", "fr", "de")

@@ -1,9 +1,5 @@
-"""Tiny multi-way parallel corpora, binarized the way translation_multi_simple_epoch reads them.
-
-Each language renders a shared "concept" sequence with its own words (``{lang}{id}``);
-``de``-like languages (listed in ``REVERSED``) reverse the word order.  The mapping is
-deterministic, so a small transformer learns it and the loss visibly goes down.
-"""
+"""The corpora of :mod:`fairseq_lslo.testing.corpus`, binarized by fairseq-preprocess the way
+translation_multi_simple_epoch reads them."""
 from __future__ import annotations
 
 import os
@@ -11,7 +7,7 @@ import subprocess
 import sys
 from typing import Dict, List, Sequence
 
-from fairseq_lslo.testing.corpus import REVERSED, SPLITS, make_corpus, render  # noqa: F401  (moved there)
+from .corpus import make_corpus
 
 
 def write_dictionary(path: str, corpus: Dict[str, Dict[str, List[str]]]) -> None:
