@@ -16,15 +16,15 @@ DEMO_ARGS ?=
 .PHONY: install test test-all demo bench soak clean help flores12 flores30 gpu-wheels gpu-check gpu-site
 
 help:
-	@echo "make demo     run the main job on the embedded synthetic benchmark (CPU, minutes; DEMO=tiny|default)"
-	@echo "make test     run the test suite, less the slow tests (installs first if needed; a few minutes)"
-	@echo "make test-all run the slow tests (demo, FLORES chain, resume, interop...): make test + make test-all = all"
+	@echo "make demo     the whole method on the embedded synthetic benchmark, on a CPU (DEMO=tiny|default; docs/demo.md)"
+	@echo "make test     the test suite less the slow tests (installs first if needed; docs/development.md)"
+	@echo "make test-all the slow tests only (demo, FLORES chain, resume, interop...): make test + make test-all = all"
 	@echo "make install  create $(VENV) with torch, fairseq and this package (editable)"
-	@echo "make bench    speed/memory benchmarks -> results/bench/bench.json, deploy_speed.json, serve.json"
+	@echo "make bench    every speed/memory benchmark of bench/ -> results/bench/*.json (docs/benchmarks.md)"
 	@echo "make soak     2,000-update CPU run with pruning: NaN and memory check -> results/bench/soak.json"
 	@echo "make gpu-wheels  (here, with network) wheels for make gpu-check -> .whl/"
-	@echo "make gpu-check   (on a CUDA machine, no network needed) the GPU checks, one summary table"
-	@echo "make flores12 FLORES-101 download -> prepare -> train -> evaluate (METHOD=, PRESET=ours|paper, DRY_RUN=1, SLURM=1; see README)"
+	@echo "make gpu-check   (on a CUDA machine, no network needed) the GPU checks, one summary table (docs/gpu-check.md)"
+	@echo "make flores12 FLORES-101 download -> prepare -> train -> evaluate (METHOD=, PRESET=ours|paper, DRY_RUN=1, SLURM=1; docs/flores-and-slurm.md)"
 
 install: $(STAMP)
 
@@ -57,7 +57,7 @@ SOAK_ARGS ?=
 soak: install
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m bench.soak $(SOAK_ARGS)
 
-# GPU check (README "GPU check").  gpu-wheels runs here (network, a Python $(GPU_PY_VERSION)):
+# GPU check (docs/gpu-check.md).  gpu-wheels runs here (network, a Python $(GPU_PY_VERSION)):
 # fairseq-fixed built for the GPU machine's Python plus what only fairseq needs, into .whl/.
 # gpu-check runs on the GPU machine with its own python3 (torch with CUDA): it installs .whl/
 # into .gpu-site/ (no index, no network) if fairseq is not importable, then runs the driver.
@@ -77,7 +77,7 @@ gpu-site:
 	@ls .whl/*.whl >/dev/null 2>&1 || { echo "gpu-check: fairseq is not importable and .whl/ holds no wheels: run 'make gpu-wheels' on a machine with network first" >&2; exit 2; }
 	$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $(GPU_SITE) .whl/*.whl
 
-# FLORES-101 chains: all logic lives in recipes/flores_chain.sh (variables: see the README).
+# FLORES-101 chains: all logic lives in recipes/flores_chain.sh (variables: docs/flores-and-slurm.md).
 # PRESET=paper runs the authors' reference recipe instead of ours (recipes/train.sh).
 LSLO_PYTHON ?= $(if $(wildcard $(PY)),$(abspath $(PY)),$(PYTHON))
 PRESET ?= ours

@@ -14,7 +14,7 @@ setup(
     description="Language-specific LoRA (LSLo) fine-tuning of multilingual NMT models in fairseq",
     long_description=open("README.md", encoding="utf-8").read() if os.path.exists("README.md") else "",
     long_description_content_type="text/markdown",
-    python_requires=">=3.8",
+    python_requires=">=3.10",  # the default torch (TORCH_SPEC, torch 2.13) needs 3.10+
     # bench/ and tests/ stay in the repository; lslo_common is the torch-free bottom both packages share
     packages=find_packages(include=["fairseq_lslo", "fairseq_lslo.*", "lslo_common", "lslo_common.*",
                                     "lslo_data_prep", "lslo_data_prep.*"]),

@@ -74,7 +74,7 @@ def count_model_parameters(state: Dict[str, torch.Tensor]) -> int:
 
 
 def compute_stats(path: str, state: Optional[dict] = None) -> dict:
-    """The ``lslo-stats/1`` record of a checkpoint (see the README for the schema)."""
+    """The ``lslo-stats/1`` record of a checkpoint (the schema: docs/pruning.md, "Counting the subspace")."""
     if state is None:
         try:
             state = load_checkpoint(path)
