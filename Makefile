@@ -44,8 +44,9 @@ demo: install
 # CPU by default; BENCH_ARGS="--device cuda" on a GPU (-> results/bench/bench-gpu.json)
 BENCH_ARGS ?=
 bench: install
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m fairseq_lslo.bench $(BENCH_ARGS)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m bench.speed $(BENCH_ARGS)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) bench/deploy_speed.py
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) bench/rank_pruning.py
 
 SOAK_ARGS ?=
 soak: install

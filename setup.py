@@ -15,7 +15,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read() if os.path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.8",
-    packages=find_packages(include=["fairseq_lslo", "fairseq_lslo.*", "data_prep", "data_prep.*"]),
+    packages=find_packages(include=["fairseq_lslo", "fairseq_lslo.*", "lslo_data_prep", "lslo_data_prep.*"]),
     install_requires=[
         TORCH_REQUIREMENT,
         "fairseq==0.12.2; python_version < '3.11'",

@@ -83,7 +83,7 @@ def merged_checkpoint(data: str, out: str, dims: List[str]) -> None:
 
     import fairseq_lslo  # noqa: F401  (registers the plugin)
     from fairseq_lslo.checkpoint_io import atomic_torch_save
-    from fairseq_lslo.cli.merge import plain_checkpoint
+    from fairseq_lslo.deploy.merge import plain_checkpoint
 
     argv = [data, *TASK, "--arch", "lslo_transformer", "--cpu", *dims, "--share-all-embeddings", *LSLO,
             *routing(int(dims[dims.index("--encoder-layers") + 1]))]

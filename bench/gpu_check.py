@@ -15,7 +15,7 @@ Checks (each one row of the table; the exit status is 1 if any row FAILs):
 * ``resume/<precision>``: killed (SIGKILL) between two saves and resumed with the same command,
   the LSLo weights and masks equal those of an uninterrupted run (bit for bit on CPU; on CUDA
   within a tolerance: atomic adds make GPU sums order-dependent);
-* ``bench``: ``python -m fairseq_lslo.bench --device <device>`` (what ``make bench
+* ``bench``: ``python -m bench.speed --device <device>`` (what ``make bench
   BENCH_ARGS="--device cuda"`` runs) -> ``results/bench/bench-gpu.json`` on CUDA.
 
 The table is also written as JSON (``--out``, default ``results/bench/gpu-check.json``).
@@ -39,11 +39,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
-for _p in (ROOT, TESTS):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
-from data_prep.fsutil import atomic_write_text  # noqa: E402  (no torch: importable before the wheels)
+from lslo_data_prep.fsutil import atomic_write_text  # noqa: E402  (no torch: importable before the wheels)
 
 CHECKS = ("tests", "train", "resume", "bench")
 ROUTES = ("src", "tgt", "shared", "learn")
@@ -69,8 +68,8 @@ def prepare(work: str) -> Dict[str, str]:
     """Tiny binarized data and a base checkpoint in the published FLORES-101 layout."""
     from fairseq import options, tasks
 
-    from base_fixture import write_published_checkpoint
-    from conftest import write_dicts
+    from fairseq_lslo.testing.base_fixture import write_published_checkpoint
+    from fairseq_lslo.testing.dicts import write_dicts
 
     data = write_dicts(os.path.join(work, "data"))
     argv = [data, "--task", "translation_multi_simple_epoch", "--lang-pairs", ",".join(LANG_PAIRS),
@@ -279,7 +278,7 @@ def check_resume(setup, work: str, precision: str, device: str, extra: Sequence[
 
 def check_bench(device: str, out: str, quick: bool, timeout: float) -> Row:
     start = time.time()
-    cmd = [sys.executable, "-m", "fairseq_lslo.bench", "--device", device, "--out", out] + (["--quick"] if quick else [])
+    cmd = [sys.executable, "-m", "bench.speed", "--device", device, "--out", out] + (["--quick"] if quick else [])
     env = env_for(device)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # as `make bench`
     proc = run_logged(cmd, env, timeout)

@@ -20,7 +20,8 @@ import time
 from typing import Dict, List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 LANGS = ["en", "fr", "de"]
 PAIRS = ["en-fr", "fr-en", "en-de", "de-en", "fr-de", "de-fr"]
@@ -54,7 +55,7 @@ def train_command(data: str, save: str, updates: int, extra: List[str]) -> List[
 
 
 def soak(updates: int, extra: List[str]) -> Dict:
-    from tinydata import bin_dir_for
+    from fairseq_lslo.testing.tinydata import bin_dir_for
 
     work = tempfile.mkdtemp(prefix="lslo-soak-")
     data = bin_dir_for(work, LANGS, PAIRS)

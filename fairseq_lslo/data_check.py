@@ -159,7 +159,7 @@ def _missing(prefix: str, split: str, src: str, tgt: str, lang: str) -> Binarize
         hint = f" ({os.path.basename(path)} is raw text: --dataset-impl raw {REFUSED['raw']})"
     return BinarizedDataError(
         f"{os.path.dirname(prefix)}: no binarized {split} data for {src}-{tgt} ({lang} side): expected "
-        f"{os.path.basename(path)}.idx and .bin{hint} (as written by fairseq-preprocess or data_prep/)"
+        f"{os.path.basename(path)}.idx and .bin{hint} (as written by fairseq-preprocess or lslo_data_prep/)"
     )
 
 

@@ -9,8 +9,8 @@ PYTHONPATH=$LSLO_REPO${PYTHONPATH:+:$PYTHONPATH}
 USER_DIR=${USER_DIR:-$LSLO_REPO/fairseq_lslo}
 
 # --- data -------------------------------------------------------------------------------
-LANGSET=${LANGSET:-lang12}                       # lang12 | lang30 | any data_prep/langs/NAME.tsv
-LANGS_TSV=${LANGS_TSV:-$LSLO_REPO/data_prep/langs/$LANGSET.tsv}
+LANGSET=${LANGSET:-lang12}                       # lang12 | lang30 | any lslo_data_prep/langs/NAME.tsv
+LANGS_TSV=${LANGS_TSV:-$LSLO_REPO/lslo_data_prep/langs/$LANGSET.tsv}
 MODEL_SIZE=${MODEL_SIZE:-615M}                   # 615M | 175M
 DATA_ROOT=${DATA_ROOT:-$LSLO_REPO/work/flores}   # downloads and unpacked archives
 FLORES_DIR=${FLORES_DIR:-$DATA_ROOT/flores101_dataset}
@@ -80,7 +80,7 @@ lslo_run_to() {
 # All directions of the language set (from the prepared data if present, else from the TSV).
 lslo_all_pairs() {
   if [ -f "$DATA_DIR/lang_pairs.txt" ]; then cat "$DATA_DIR/lang_pairs.txt"
-  else "$LSLO_PYTHON" -m data_prep.langsets "$LANGS_TSV" pairs; fi
+  else "$LSLO_PYTHON" -m lslo_data_prep.langsets "$LANGS_TSV" pairs; fi
 }
 
 # The architecture flags shared by every method (same dims for the plain and the LSLo model).

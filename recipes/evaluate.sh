@@ -41,7 +41,7 @@ case "$EVAL_STAGE" in
     ;;
   score)
     # every direction decoded (e.g. by the shards of a SLURM array), all from CKPT: the table
-    score=("$LSLO_PYTHON" -m data_prep.score --data "$DATA_DIR" --raw "$RAW_DIR" --gen-dir "$EVAL_DIR/gen"
+    score=("$LSLO_PYTHON" -m lslo_data_prep.score --data "$DATA_DIR" --raw "$RAW_DIR" --gen-dir "$EVAL_DIR/gen"
       --out-dir "$EVAL_DIR" --pairs "$EVAL_PAIRS" --split "$GEN_SUBSET" --checkpoint "$CKPT")
     [ -n "$SCORE_SPM_MODEL" ] && score+=(--spm-model "$SCORE_SPM_MODEL")
     lslo_run "${score[@]}"

@@ -15,8 +15,8 @@ has_step() { [[ ",$STEPS," == *",$1,"* ]]; }
 
 [ -f "$LANGS_TSV" ] || { echo "flores_chain.sh: language set $LANGS_TSV not found (LANGSET / LANGS_TSV)" >&2; exit 2; }
 
-download=("$LSLO_PYTHON" -m data_prep.download)
-prepare=("$LSLO_PYTHON" -m data_prep.prepare --langs "$LANGS_TSV" --flores-dir "$FLORES_DIR" --model-dir "$MODEL_DIR"
+download=("$LSLO_PYTHON" -m lslo_data_prep.download)
+prepare=("$LSLO_PYTHON" -m lslo_data_prep.prepare --langs "$LANGS_TSV" --flores-dir "$FLORES_DIR" --model-dir "$MODEL_DIR"
   --out "$PREP_DIR" --train-split "$TRAIN_SPLIT" --valid-split "$VALID_SPLIT" --valid-size "$VALID_SIZE"
   --test-split "$TEST_SPLIT" --workers "$PREP_WORKERS")
 

@@ -116,7 +116,7 @@ if [ "$METHOD" = lslo_prune ]; then
       elif [ "${DRY_RUN:-0}" = 1 ] && [ ! -f "$DATA_DIR/langs.tsv" ]; then UPDATES_PER_EPOCH=1000
         echo "train.sh: dry run without data: pruning schedule shown for UPDATES_PER_EPOCH=1000" >&2
       else
-        UPDATES_PER_EPOCH=$("$LSLO_PYTHON" -m data_prep.epoch_size "$DATA_DIR" --max-tokens "$MAX_TOKENS" \
+        UPDATES_PER_EPOCH=$("$LSLO_PYTHON" -m lslo_data_prep.epoch_size "$DATA_DIR" --max-tokens "$MAX_TOKENS" \
           --update-freq "$UPDATE_FREQ" --world-size "$(world_size)")
         echo "train.sh: about $UPDATES_PER_EPOCH updates per epoch (estimated; set UPDATES_PER_EPOCH to override)" >&2
       fi

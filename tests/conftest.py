@@ -20,6 +20,7 @@ torch.set_num_threads(1)
 from fairseq import options, tasks  # noqa: E402
 
 import fairseq_lslo  # noqa: E402,F401  (registers the plugin)
+from fairseq_lslo.testing.dicts import write_dicts, write_tiny_binarized  # noqa: E402,F401
 
 LANGS = ["en", "fr", "de"]
 PAIRS = ["en-fr", "fr-en", "en-de", "de-en", "fr-de", "de-fr"]
@@ -31,33 +32,6 @@ TINY_DIMS = [
     "--share-all-embeddings", "--dropout", "0.0",
 ]
 LSLO_FLAGS = ["--lslo-langs", "en:high,fr:high,de:low", "--lslo-rank", "high:2,low:4"]
-
-
-def write_dicts(path: str, langs: Sequence[str] = LANGS, n_words: int = 30, pairs: Sequence[str] = PAIRS) -> str:
-    """dict.{lang}.txt files plus a few binarized train/valid sentences per direction."""
-    os.makedirs(path, exist_ok=True)
-    for lang in langs:
-        with open(os.path.join(path, f"dict.{lang}.txt"), "w") as f:
-            for i in range(n_words):
-                f.write(f"w{i} {100 - i}\n")
-    write_tiny_binarized(path, pairs)
-    return path
-
-
-def write_tiny_binarized(path: str, pairs: Sequence[str]) -> None:
-    """Three short sentences per split/direction/side, so fairseq-train's data check passes."""
-    from fairseq.data import Dictionary, indexed_dataset
-
-    lang = pairs[0].split("-")[0]
-    d = Dictionary.load(os.path.join(path, f"dict.{lang}.txt"))
-    for split in ("train", "valid"):
-        for pair in pairs:
-            for side in pair.split("-"):
-                prefix = os.path.join(path, f"{split}.{pair}.{side}")
-                builder = indexed_dataset.make_builder(prefix + ".bin", impl="mmap", vocab_size=len(d))
-                for n in (3, 5, 4):
-                    builder.add_item(torch.tensor([d.nspecial + i for i in range(n)] + [d.eos()], dtype=torch.int32))
-                builder.finalize(prefix + ".idx")
 
 
 def parse(data: str, arch: str, extra: Sequence[str] = (), pairs: Sequence[str] = PAIRS, langtoks: bool = True):
@@ -161,7 +135,7 @@ def valid_losses(log: str) -> List[float]:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """Tiny data, a plain transformer base, and an LSLo fine-tuning run from it (real CLIs)."""
-    from tinydata import bin_dir_for
+    from fairseq_lslo.testing.tinydata import bin_dir_for
 
     root = str(tmp_path_factory.mktemp("e2e"))
     data = bin_dir_for(root, LANGS, PAIRS)

@@ -20,7 +20,7 @@ TINY = ["--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim",
 
 def make_dict_dir(root: str) -> str:
     """dict.{lang}.txt files and a few binarized sentences: enough for the multilingual task."""
-    from conftest import write_tiny_binarized
+    from fairseq_lslo.testing.dicts import write_tiny_binarized
 
     os.makedirs(root, exist_ok=True)
     for lang in LANGS:
@@ -107,7 +107,7 @@ def binarized_corpus(root: str, langs: Sequence[str], pairs: Sequence[str]) -> s
 
     from fairseq.data import Dictionary, indexed_dataset
 
-    import tinydata
+    from fairseq_lslo.testing import tinydata
 
     corpus = tinydata.make_corpus(langs)
     data, per_lang = os.path.join(root, "bin"), os.path.join(root, "per-lang")

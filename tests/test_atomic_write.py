@@ -2,7 +2,7 @@
 import os
 import stat
 
-from data_prep.fsutil import atomic_write_text
+from lslo_data_prep.fsutil import atomic_write_text
 from fairseq_lslo.checkpoint_io import atomic_write
 
 

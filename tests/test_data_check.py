@@ -7,7 +7,8 @@ import pytest
 from fairseq.data import Dictionary
 
 from fairseq_lslo.data_check import BinarizedDataError, check_binarized
-from multilingual_data import ALL_PAIRS, batches, check_all_batches, setup, write_data, write_dataset
+from fairseq_lslo.testing.multilingual_data import (ALL_PAIRS, batches, check_all_batches, setup, write_data,
+                                                    write_dataset)
 
 LANGTOK = ["--encoder-langtok", "src", "--decoder-langtok"]
 SPLITS = {"train": 8, "valid": 4}

@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import BIN, LSLO_FLAGS, ROOT, TASK, cli_env, lang_tok, make_batch, parse, randomize_adapters, run
-from fairseq_lslo.cli.m2m100 import require
+from fairseq_lslo.deploy.m2m100 import require
 
 PRE_NORM = ["--encoder-normalize-before", "--decoder-normalize-before"]
 ROUTING = ["--lslo-encoder-routing", "src,tgt", "--lslo-decoder-routing", "tgt*2", "--lslo-encoder-positions",
@@ -201,7 +201,7 @@ def test_the_plugin_never_imports_the_deploy_packages():
 
 
 def test_a_missing_deploy_package_is_named_with_the_extra_to_install():
-    from fairseq_lslo.cli.m2m100 import require
+    from fairseq_lslo.deploy.m2m100 import require
 
     with pytest.raises(ImportError, match=r"needs the Python package 'no_such_pkg'.*\[deploy\]"):
         require("no_such_pkg.sub", "the Hugging Face export")
@@ -223,7 +223,7 @@ def test_tokenizer_files_encode_as_fairseq_does(tmp_path):
     """M2M100Tokenizer written for a fairseq dictionary: its ids are fairseq's, renumbered as the model is."""
     from fairseq.data import Dictionary
 
-    from fairseq_lslo.cli.m2m100 import tokenizer_numbering, write_tokenizer
+    from fairseq_lslo.deploy.m2m100 import tokenizer_numbering, write_tokenizer
 
     sp, spm_path = train_spm(tmp_path)
     d = Dictionary()
@@ -250,7 +250,7 @@ def test_tokenizer_files_encode_as_fairseq_does(tmp_path):
 
 
 def test_hf_export_with_tokenizer_renumbers_model_and_tokenizer_alike(prenorm, tmp_path):
-    from fairseq_lslo.cli.m2m100 import tokenizer_numbering
+    from fairseq_lslo.deploy.m2m100 import tokenizer_numbering
 
     _, spm_path = train_spm(tmp_path)
     out = export(prenorm, "en-de-tok", "--spm", spm_path)
@@ -274,7 +274,7 @@ def test_hf_export_with_tokenizer_renumbers_model_and_tokenizer_alike(prenorm, t
 
 
 def test_configurations_m2m100_cannot_express_are_named():
-    from fairseq_lslo.cli.m2m100 import unsupported
+    from fairseq_lslo.deploy.m2m100 import unsupported
 
     ok = dict(encoder_normalize_before=True, decoder_normalize_before=True, encoder_embed_dim=16,
               decoder_embed_dim=16, decoder_input_dim=16, decoder_output_dim=16, activation_fn="relu")
@@ -293,7 +293,7 @@ def test_configurations_m2m100_cannot_express_are_named():
 
 
 def test_unshared_embeddings_and_unknown_parameters_are_refused():
-    from fairseq_lslo.cli.m2m100 import UnsupportedForM2M100, m2m100_state
+    from fairseq_lslo.deploy.m2m100 import UnsupportedForM2M100, m2m100_state
 
     emb = torch.randn(10, 4)
     state = {"encoder.embed_tokens.weight": emb, "decoder.embed_tokens.weight": emb.clone(),

@@ -11,7 +11,8 @@ import torch
 from fairseq_lslo.checkpoint_io import load_checkpoint
 from fairseq_lslo.modules.adapter_file import load_adapters, save_adapters
 from fairseq_lslo.modules.adapter_state import group_adapters, module_delta
-from fairseq_lslo.modules.lslo_linear import LowRankBank, LSLoLinear, is_lslo_key
+from fairseq_lslo.modules.keys import is_lslo_key
+from fairseq_lslo.modules.lslo_linear import LowRankBank, LSLoLinear
 from fairseq_lslo.modules.routing import LanguageRouter
 from fairseq_lslo.modules.spec import LSLoSpec, SideSpec
 

@@ -1,4 +1,4 @@
-"""data_prep.epoch_size against fairseq's own batching of the same data (translation_multi_simple_epoch)."""
+"""lslo_data_prep.epoch_size against fairseq's own batching of the same data (translation_multi_simple_epoch)."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_prep.epoch_size import count_batches, main, updates_per_epoch
+from lslo_data_prep.epoch_size import count_batches, main, updates_per_epoch
 
 LANGS = (("en", "eng", "high"), ("fr", "fra", "high"), ("de", "deu", "medium"), ("wo", "wol", "low"))
 N_SENTENCES = 300
@@ -120,6 +120,6 @@ def test_bad_input_names_the_file(tmp_path, capsys):
     (tmp_path / "langs.tsv").write_text("en\teng\thigh\nfr\tfra\thigh\n")
     assert main([str(tmp_path), "--max-tokens", "100"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("python -m data_prep.epoch_size: error: ") and "train.en-fr.en.idx" in err
+    assert err.startswith("python -m lslo_data_prep.epoch_size: error: ") and "train.en-fr.en.idx" in err
     assert main([str(tmp_path), "--max-tokens", "100", "--virtual-epoch-size", "0"]) == 2
     assert "--virtual-epoch-size" in capsys.readouterr().err

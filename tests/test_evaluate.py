@@ -136,8 +136,8 @@ def test_shards_resume_and_refuse_another_checkpoint(setup):
     assert os.stat(out / "gen" / "de-en.gen").st_mtime_ns == kept
     evaluate(setup["data"], out, *common, "--shard", "0/2")
 
-    # the table of all shards, from data_prep.score, checked against the checkpoint
-    score = [sys.executable, "-m", "data_prep.score", "--data", setup["data"], "--raw", setup["raw"], "--gen-dir",
+    # the table of all shards, from lslo_data_prep.score, checked against the checkpoint
+    score = [sys.executable, "-m", "lslo_data_prep.score", "--data", setup["data"], "--raw", setup["raw"], "--gen-dir",
              str(out / "gen"), "--out-dir", str(out), "--spm-model", setup["spm"], "--pairs", ",".join(DIRECTIONS)]
     run(score + ["--checkpoint", setup["lslo"]])
     table = (out / "scores.tsv").read_text()
@@ -172,7 +172,7 @@ def test_bad_input_names_direction_and_file(setup, tmp_path, capsys):
 
 def test_batches_finish_directions_one_after_another():
     """Mixed batches only where a direction ends; lengths sorted; --max-tokens respected."""
-    from fairseq_lslo.cli.eval_decode import Direction, plan_batches
+    from fairseq_lslo.evaluation.decode import Direction, plan_batches
 
     class Data:
         def __init__(self, lengths):
@@ -205,7 +205,7 @@ def test_batches_finish_directions_one_after_another():
 def test_progress_is_plain_text_without_a_terminal():
     import io
 
-    from fairseq_lslo.cli.eval_decode import Progress
+    from fairseq_lslo.evaluation.decode import Progress
 
     stream = io.StringIO()
     progress = Progress(40, stream, interval=0.0)

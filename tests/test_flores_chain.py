@@ -78,8 +78,8 @@ def test_dry_run_prints_every_command(tmp_path, method, expect):
     r = make("flores30", {"DRY_RUN": "1", "METHOD": method, "DATA_ROOT": str(root)})
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert sum("data_prep.download" in x for x in lines) == 2
-    assert sum("data_prep.prepare" in x and "lang30.tsv" in x for x in lines) == 1
+    assert sum("lslo_data_prep.download" in x for x in lines) == 2
+    assert sum("lslo_data_prep.prepare" in x and "lang30.tsv" in x for x in lines) == 1
     train = [x for x in lines if "fairseq_cli.train" in x]
     assert len(train) == 1
     for flag in expect:
@@ -92,7 +92,7 @@ def test_dry_run_prints_every_command(tmp_path, method, expect):
     directions = evaluate.split("--directions ")[1].split()[0].replace("\\,", ",").split(",")
     assert len(directions) == 870 and len(set(directions)) == 870
     assert "--raw " in evaluate and "--no-score" not in evaluate and "--shard" not in evaluate
-    assert not any("fairseq_cli.generate" in x or "data_prep.score" in x for x in lines)
+    assert not any("fairseq_cli.generate" in x or "lslo_data_prep.score" in x for x in lines)
     assert not root.exists()  # nothing ran
 
 

@@ -1,4 +1,4 @@
-"""data_prep.download: resume over HTTP Range, integrity checks, local archives (no network: 127.0.0.1)."""
+"""lslo_data_prep.download: resume over HTTP Range, integrity checks, local archives (no network: 127.0.0.1)."""
 import hashlib
 import http.server
 import os
@@ -9,7 +9,7 @@ import threading
 import pytest
 
 import flores_fixture
-from data_prep import download
+from lslo_data_prep import download
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
@@ -73,7 +73,7 @@ def sha(path):
 
 
 def run_download(args, env=None):
-    return subprocess.run([sys.executable, "-m", "data_prep.download", *args], cwd=REPO, env=env or ENV,
+    return subprocess.run([sys.executable, "-m", "lslo_data_prep.download", *args], cwd=REPO, env=env or ENV,
                           capture_output=True, text=True, timeout=60)
 
 

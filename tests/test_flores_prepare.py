@@ -1,4 +1,4 @@
-"""data_prep.prepare: idempotent reruns, crash safety, per-direction links, clear errors."""
+"""lslo_data_prep.prepare: idempotent reruns, crash safety, per-direction links, clear errors."""
 import hashlib
 import os
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import flores_fixture
-from data_prep import download
+from lslo_data_prep import download
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
@@ -26,7 +26,7 @@ def unpacked(tmp_path_factory):
 
 
 def prepare(u, out, *extra, env=None):
-    cmd = [sys.executable, "-m", "data_prep.prepare", "--langs", u["langs"], "--flores-dir", u["flores"],
+    cmd = [sys.executable, "-m", "lslo_data_prep.prepare", "--langs", u["langs"], "--flores-dir", u["flores"],
            "--model-dir", u["model"], "--out", str(out), "--valid-size", "8", *extra]
     return subprocess.run(cmd, cwd=REPO, env=env or ENV, capture_output=True, text=True, timeout=120)
 

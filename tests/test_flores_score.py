@@ -1,4 +1,4 @@
-"""data_prep.score: per-direction scores, group averages (source group x target group), heatmap."""
+"""lslo_data_prep.score: per-direction scores, group averages (source group x target group), heatmap."""
 import os
 import subprocess
 import sys
@@ -42,7 +42,7 @@ def test_scores_group_table_and_heatmap(tmp_path):
     gen_file(gen / "fr-en.gen", SENTS["en"])  # perfect
     gen_file(gen / "en-wo.gen", ["zzz"] * 4)  # nothing right
     gen_file(gen / "wo-en.gen", SENTS["en"])  # perfect
-    r = subprocess.run([sys.executable, "-m", "data_prep.score", "--data", str(data), "--raw", str(raw),
+    r = subprocess.run([sys.executable, "-m", "lslo_data_prep.score", "--data", str(data), "--raw", str(raw),
                         "--gen-dir", str(gen), "--out-dir", str(out), "--spm-model", str(tmp_path / "sp.model"),
                         "--pairs", "en-fr,fr-en,en-wo,wo-en"], cwd=REPO, capture_output=True, text=True,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -59,7 +59,7 @@ def test_scores_group_table_and_heatmap(tmp_path):
 
     table = (out / "scores.tsv").read_text()
     (gen / "en-fr.gen").write_text("D-0\t-1\tonly one\n")
-    base = [sys.executable, "-m", "data_prep.score", "--data", str(data), "--raw", str(raw), "--gen-dir", str(gen),
+    base = [sys.executable, "-m", "lslo_data_prep.score", "--data", str(data), "--raw", str(raw), "--gen-dir", str(gen),
             "--out-dir", str(out), "--spm-model", str(tmp_path / "sp.model"), "--pairs"]
     r = subprocess.run(base + ["en-fr,fr-wo"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and "fr-wo.gen is missing: direction fr-wo was not decoded" in r.stderr
@@ -71,8 +71,8 @@ def test_scores_group_table_and_heatmap(tmp_path):
 def test_hypotheses_with_a_gap_are_an_error_not_empty_strings(tmp_path):
     """fairseq-generate can skip sentences (a dropped last batch); scoring "" in their place
     would silently lower the score while the counts still match."""
-    from data_prep.langsets import DataPrepError
-    from data_prep.score import read_hypotheses
+    from lslo_data_prep.langsets import DataPrepError
+    from lslo_data_prep.score import read_hypotheses
 
     gen = tmp_path / "en-de.gen"
     gen.write_text("".join(f"D-{i}\t-0.5\thyp {i}\n" for i in (0, 1, 3)))
@@ -83,7 +83,7 @@ def test_hypotheses_with_a_gap_are_an_error_not_empty_strings(tmp_path):
 
 
 def test_a_rerun_reuses_the_scores_of_unchanged_directions(tmp_path, monkeypatch):
-    from data_prep import score as score_mod
+    from lslo_data_prep import score as score_mod
 
     data, raw, gen, out = eval_folders(tmp_path)
     monkeypatch.setattr(score_mod, "heatmap", lambda rows, langs, path: None)

@@ -168,7 +168,7 @@ def test_eval_array_task_decodes_its_share_and_score_job_checks_the_checkpoint(f
     assert r.returncode == 0, r.stderr
     (py,) = glob.glob(str(fakes["log"] / "python.*"))
     args = read_args(py)
-    assert args[:2] == ["-m", "data_prep.score"]
+    assert args[:2] == ["-m", "lslo_data_prep.score"]
     assert args[args.index("--checkpoint") + 1] == str(fakes["tmp"] / "ckpt" / "checkpoint_best.pt")
     assert args[args.index("--gen-dir") + 1] == str(fakes["tmp"] / "eval" / "gen")
 

@@ -14,8 +14,8 @@ from fairseq import options, tasks
 
 from fairseq_lslo.criterions.target_languages import TargetLanguages
 from fairseq_lslo.languages import LSLoConfigError
-from multilingual_data import (ALL_PAIRS, DIMS, batches, check_all_batches, setup, true_languages,
-                               write_data)
+from fairseq_lslo.testing.multilingual_data import (ALL_PAIRS, DIMS, batches, check_all_batches, setup, true_languages,
+                                                    write_data)
 
 LANGTOK = ["--encoder-langtok", "src", "--decoder-langtok"]
 

@@ -264,7 +264,7 @@ def lang12_615m_stats(preset: str) -> dict:
     (d_model 1024, d_ffn 4096).  The banks are built from the configuration as the model builds
     them and counted by lslo-stats' own arithmetic; the 615M base model is not built."""
     args = argparse.Namespace(
-        lslo_langs=os.path.join(ROOT, "data_prep", "langs", "lang12.tsv"), lslo_rank="high:2,medium:2,low:8",
+        lslo_langs=os.path.join(ROOT, "lslo_data_prep", "langs", "lang12.tsv"), lslo_rank="high:2,medium:2,low:8",
         lslo_encoder_positions="q,k,v,fc1,fc2", lslo_decoder_positions="q,k,v,cross_q,cross_k,cross_v,fc1,fc2",
         lslo_encoder_routing="src*9,tgt*3", lslo_decoder_routing="tgt*12", lslo_preset=preset)
     resolve_preset(args)
@@ -329,7 +329,7 @@ def test_merging_a_slice_adapter_is_exact(dict_dir):
 
 
 def test_merge_cli_arithmetic_on_a_paper_model(dict_dir):
-    from fairseq_lslo.cli.merge import merge_model_state
+    from fairseq_lslo.deploy.merge import merge_model_state
 
     task, model = build(dict_dir, "lslo_transformer", LSLO_FLAGS + PAPER)
     model = model.double()

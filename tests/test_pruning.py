@@ -14,12 +14,12 @@ from fairseq_lslo.modules.pruning import (
     PruningPlan,
     cubic_sparsity,
     parse_sparsity,
-    publish_prunable,
     trainable_parameters,
 )
 from fairseq_lslo.modules.routing import LanguageRouter
 from fairseq_lslo.modules.spec import LSLoSpec, SideSpec
 from fairseq_lslo.optim.lslo_pruning import LSLoPruningOptimizer, map_parameter_space, schedule_from_args
+from fairseq_lslo.optim.training_clock import clock_of
 
 LANGS = [["en", "high"], ["fr", "high"], ["de", "low"]]
 
@@ -52,7 +52,7 @@ class TinyLSLo(nn.Module):
             for name, p in self.named_parameters():
                 if p.requires_grad:
                     p.normal_()
-        publish_prunable(self)
+        clock_of(self)  # what follow_task does for a model a task builds: pruning optimizers can find it
 
 
 def schedule(**kw):
@@ -272,7 +272,7 @@ def test_masked_weights_stay_exactly_zero_under_large_lr(wrapper, monkeypatch):
     else:  # the model's own parameters
         assert all(h is p for h, p in zip(held, params))
     for update in range(20):
-        model.lslo_num_updates = update  # what LSLoTransformerModel.set_num_updates records for fairseq
+        clock_of(model).before_step(update)  # what fairseq-train's task.optimizer_step tells the clock
         opt.zero_grad()
         loss = sum((p.float() * torch.randn(p.shape) * 100).sum() for p in params)  # grads everywhere
         opt.backward(loss)
@@ -297,7 +297,7 @@ def test_state_dict_round_trip_and_mapping_errors(monkeypatch):
     model = TinyLSLo()
     opt = build("plain", model, monkeypatch)
     for update in range(3):
-        model.lslo_num_updates = update
+        clock_of(model).before_step(update)
         for p in trainable_parameters(model):
             p.grad = torch.randn_like(p)
         opt.step()
@@ -328,7 +328,7 @@ def test_learn_and_shared_layers_with_the_optimizer(monkeypatch):
     learn_tensors = [x for x in opt.plan.tensors if x.layer == "encoder.layers.0"]
     assert {x.name.split(".")[-2] for x in learn_tensors} == {"lslo_src", "lslo_tgt"}  # both banks of 'learn'
     for update in range(14):
-        model.lslo_num_updates = update
+        clock_of(model).before_step(update)
         for p in trainable_parameters(model):
             p.grad = torch.randn_like(p)
         opt.step()

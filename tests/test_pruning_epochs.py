@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fairseq_lslo.languages import LSLoConfigError
-from fairseq_lslo.modules.epochs import announce_epoch, follow_task_epochs
+from fairseq_lslo.optim.training_clock import clock_of
 from fairseq_lslo.modules.pruning import PruneSchedule, trainable_parameters
 from test_pruning import DTYPES, TinyLSLo, build, find_pruner
 
@@ -48,7 +48,7 @@ def sparsity_of_B(pruner, group):
 def train_steps(model, opt, n, first_update):
     params = trainable_parameters(model)
     for k in range(n):
-        model.lslo_num_updates = first_update + k
+        clock_of(model).before_step(first_update + k)
         opt.zero_grad()
         loss = sum((p.float() * torch.randn(p.shape)).sum() for p in params)
         opt.backward(loss)
@@ -63,7 +63,7 @@ def test_masks_at_each_epoch_start_B_only_to_the_reference_schedule(monkeypatch)
     a_masks = [m for n, m in model.named_buffers() if n.split(".")[-1].startswith("A")]
     updates = 0
     for epoch in range(1, 9):
-        announce_epoch(model, epoch)  # what fairseq-train's begin_epoch does, before the first batch
+        clock_of(model).begin_epoch(epoch)  # what fairseq-train's begin_epoch does, before the first batch
         for group, p in (("high", P), ("low", P)):  # one P for all
             achieved, n = sparsity_of_B(pruner, group)
             assert achieved == pytest.approx(round(reference(epoch, 2, 4, p) * n) / n), (epoch, group)
@@ -81,7 +81,7 @@ def test_masks_do_not_change_within_an_epoch_and_mid_epoch_resume_keeps_them(mon
     torch.manual_seed(1)
     model = TinyLSLo()
     opt = build("plain", model, monkeypatch, **EPOCHS)
-    announce_epoch(model, 3)
+    clock_of(model).begin_epoch(3)
     masks = [t.mask.clone() for t in find_pruner(opt).plan.tensors]
     train_steps(model, opt, 4, 0)
     assert all(torch.equal(m, t.mask) for m, t in zip(masks, find_pruner(opt).plan.tensors))
@@ -89,10 +89,10 @@ def test_masks_do_not_change_within_an_epoch_and_mid_epoch_resume_keeps_them(mon
     # resume in the middle of epoch 3: fairseq-train calls begin_epoch(3) again; the masks stay
     fresh = build("plain", model, monkeypatch, **EPOCHS)
     fresh.load_state_dict(state)
-    announce_epoch(model, 3)
+    clock_of(model).begin_epoch(3)
     assert find_pruner(fresh).last_report is not None and find_pruner(fresh).last_report.update == 3
     assert all(torch.equal(m, t.mask) for m, t in zip(masks, find_pruner(fresh).plan.tensors))
-    announce_epoch(model, 4)
+    clock_of(model).begin_epoch(4)
     assert any(not torch.equal(m, t.mask) for m, t in zip(masks, find_pruner(fresh).plan.tensors))
 
 
@@ -107,35 +107,17 @@ def test_epoch_schedule_without_epochs_is_a_clear_error(monkeypatch):
 
 def test_an_epoch_announced_before_the_optimizer_existed_is_caught_up(monkeypatch):
     model = TinyLSLo()
-    announce_epoch(model, 4)
+    clock_of(model).begin_epoch(4)
     opt = build("plain", model, monkeypatch, **EPOCHS)
     train_steps(model, opt, 1, 0)
     achieved, n = sparsity_of_B(find_pruner(opt), "high")
     assert achieved == pytest.approx(round(reference(4, 2, 4, P) * n) / n)
 
 
-def test_task_begin_epoch_reaches_the_model_and_updates_use_no_epochs(monkeypatch):
-    calls = []
-
-    class Task:
-        def begin_epoch(self, epoch, model):
-            calls.append(epoch)
-
-    class Model(torch.nn.Module):
-        def set_epoch(self, epoch):
-            announce_epoch(self, epoch)
-
-    task, model = Task(), Model()
-    follow_task_epochs(task, model)
-    follow_task_epochs(task, model)  # building twice does not announce twice
-    task.begin_epoch(5, model)
-    assert calls == [5] and model.lslo_epoch == 5
-    Task().begin_epoch(6, model)  # another instance of the class is left alone
-    assert calls == [5, 6] and model.lslo_epoch == 5
-    # an update-based schedule ignores epochs
+def test_an_update_schedule_ignores_epochs(monkeypatch):
     tiny = TinyLSLo()
     opt = build("plain", tiny, monkeypatch)
-    announce_epoch(tiny, 7)
+    clock_of(tiny).begin_epoch(7)
     assert all(bool(t.mask.all()) for t in find_pruner(opt).plan.tensors)
 
 
@@ -160,7 +142,7 @@ def test_pruning_state_round_trips_through_every_wrapper(wrapper, monkeypatch):
         opt = build(wrapper, model, monkeypatch, **EPOCHS)
     pruner = find_pruner(opt)
     for epoch in (1, 2, 3):
-        announce_epoch(model, epoch)
+        clock_of(model).begin_epoch(epoch)
         train_steps(model, opt, 2, 2 * (epoch - 1))
     saved_state = dict(pruner.pruning_state)
     assert saved_state["epoch"] == 3 and saved_state["steps"] == 6
@@ -177,9 +159,9 @@ def test_pruning_state_round_trips_through_every_wrapper(wrapper, monkeypatch):
     inner_old, inner_new = pruner.inner.optimizer.state, fresh_pruner.inner.optimizer.state
     for old_param, new_param in zip(pruner.params, fresh_pruner.params):
         assert torch.equal(inner_old[old_param]["exp_avg"], inner_new[new_param]["exp_avg"])
-    announce_epoch(model, 3)  # resumed inside epoch 3: nothing recomputed
+    clock_of(model).begin_epoch(3)  # resumed inside epoch 3: nothing recomputed
     assert all(torch.equal(m, t.mask) for m, t in zip(masks, fresh_pruner.plan.tensors))
-    announce_epoch(model, 4)
+    clock_of(model).begin_epoch(4)
     achieved, n = sparsity_of_B(fresh_pruner, "high")
     assert achieved == pytest.approx(round(reference(4, 2, 4, P) * n) / n)
     assert fresh_pruner.pruning_state["epoch"] == 4

@@ -16,6 +16,7 @@ from typing import List, Optional
 from ..checkpoint_io import CheckpointError, load_checkpoint
 from ..languages import LSLoConfigError
 from ..modules.adapter_file import adapter_tensors, save_adapters
+from ..modules.adapter_state import compact_ranks
 from ..modules.spec import LSLoSpec
 
 
@@ -27,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint", help="LSLo checkpoint (e.g. checkpoints/checkpoint_best.pt)")
     p.add_argument("-o", "--output", required=True, help="adapter file to write (.safetensors)")
+    p.add_argument("--keep-ranks", action="store_true",
+                   help="keep every rank component, also those pruning emptied (by default a component whose row "
+                        "of A or column of B is entirely pruned is dropped: each language's adapters are written "
+                        "at the rank pruning kept, and a model loaded from the file computes only those ranks)")
     return p
 
 
@@ -36,6 +41,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         model = load_checkpoint(args.checkpoint)["model"]
         spec = LSLoSpec.from_state(model, args.checkpoint)
         lslo = adapter_tensors(model)
+        full = sum(v.numel() for k, v in lslo.items() if not k.endswith("_mask"))
+        if not args.keep_ranks:
+            spec, lslo = compact_ranks(spec, lslo)
         size = save_adapters(args.output, spec, lslo)
     except (CheckpointError, LSLoConfigError, ValueError) as e:
         print(f"lslo-export: error: {e}", file=sys.stderr)
@@ -44,6 +52,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     kept = sum(int(v.sum()) for k, v in lslo.items() if k.endswith("_mask"))
     print(f"lslo-export: wrote {args.output}: {size:,} bytes, {len(lslo)} tensors, "
           f"{kept:,} kept of {total:,} adapter weights")
+    if spec.bank_ranks:
+        print(f"lslo-export: {len(spec.bank_ranks)} banks written at the ranks pruning kept "
+              f"({total:,} of {full:,} weights remain in the smaller layout)")
     return 0
 
 

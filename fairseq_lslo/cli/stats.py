@@ -15,7 +15,8 @@ from typing import Dict, List, Optional
 import torch
 
 from ..checkpoint_io import CheckpointError, load_checkpoint
-from ..modules.keys import parse_factor_key, parse_mix_key
+from ..modules.keys import parse_bank_path, parse_factor_key, parse_mix_key
+from ..modules.lslo_linear import live_components
 from ..modules.spec import CONFIG_KEY, LSLoSpec
 
 FORMAT = "lslo-stats/1"
@@ -29,6 +30,19 @@ class Counter:
     def __init__(self):
         self.lslo = 0
         self.kept = 0
+        self.adapters = 0  # (module, bank) adapters of a language or the shared slot
+        self.dead = 0  # of which carry no update (no rank component with both A row and B column kept)
+        self.live = 0  # live rank components, summed over its adapters
+
+    def add_adapter(self, live: int) -> None:
+        self.adapters += 1
+        self.live += live
+        self.dead += int(live == 0)
+
+    def adapter_fields(self) -> dict:
+        """``kept_rank``: live rank components per adapter (mean); ``dead_adapters`` of ``adapters``."""
+        return {"kept_rank": round(self.live / self.adapters, 4) if self.adapters else 0.0,
+                "adapters": self.adapters, "dead_adapters": self.dead}
 
     def add(self, lslo: int, kept: int) -> None:
         self.lslo += lslo
@@ -77,10 +91,7 @@ def compute_stats(path: str, state: Optional[dict] = None) -> dict:
     per_lang = {code: Counter() for code in codes}
     shared, total = Counter(), Counter()
     any_shared = False
-    # the slots of each rank bucket, in inventory order (see LowRankBank.slot_place)
-    bucket_owners: Dict[int, List[str]] = {}
-    for code, rank in zip(codes, spec.ranks):
-        bucket_owners.setdefault(rank, []).append(code)
+    masks: Dict[tuple, Dict[str, torch.Tensor]] = {}  # (bank, rank) -> {"A": mask, "B": mask, "owners": ...}
     for key, value in model.items():
         if parse_mix_key(key) is not None:
             total.add(value.numel(), value.numel())  # routing weights of architecture search
@@ -92,26 +103,36 @@ def compute_stats(path: str, state: Optional[dict] = None) -> dict:
         mask = model.get(f"{key}_mask")
         if mask is not None and mask.shape != value.shape:
             raise CheckpointError(f"{path}: {key}_mask has shape {tuple(mask.shape)}, {key} has {tuple(value.shape)}")
-        if m.kind == "shared":
-            owners = ["shared"] * value.shape[0]
-            any_shared = True
-        else:
-            owners = bucket_owners.get(rank, [])
+        any_shared = any_shared or m.kind == "shared"
+        owners = spec.bucket_owners(m.kind, m.bank).get(rank, [])  # the slots of this rank bucket
         if len(owners) != value.shape[0]:
             raise CheckpointError(
                 f"{path}: {key} holds {value.shape[0]} adapters of rank {rank}, but lslo_config has "
                 f"{len(owners)} ({', '.join(owners) or 'none'})"
             )
+        pair = masks.setdefault((m.bank, rank), {"owners": owners})
+        pair[m.factor] = mask.bool() if mask is not None else torch.ones(value.shape, dtype=torch.bool)
         for i, owner in enumerate(owners):
             n = value[i].numel()
             kept = int(mask[i].sum()) if mask is not None else n
             (shared if owner == "shared" else per_lang[owner]).add(n, kept)
             total.add(n, kept)
+    counter = {**per_lang, "shared": shared}
+    for bank, ranks in spec.bank_ranks.items():  # slots whose every component rank pruning removed
+        for owner, r in zip(spec.slot_owners(parse_bank_path(bank)[1]), ranks):
+            if r == 0:
+                counter[owner].add_adapter(0)
+    for pair in masks.values():
+        if "A" not in pair or "B" not in pair:
+            continue
+        live = live_components(pair["A"], pair["B"]).sum(dim=-1).tolist()
+        for owner, n_live in zip(pair["owners"], live):
+            counter[owner].add_adapter(int(n_live))
     n_model = count_model_parameters(model)
     groups: Dict[str, Counter] = {}
     languages = {}
     for (code, group), rank in zip(spec.languages, spec.ranks):
-        languages[code] = per_lang[code].to_dict(n_model, group=group, rank=rank)
+        languages[code] = per_lang[code].to_dict(n_model, group=group, rank=rank, **per_lang[code].adapter_fields())
         groups.setdefault(group, Counter()).add(per_lang[code].lslo, per_lang[code].kept)
     record = {
         "format": FORMAT,
@@ -121,19 +142,22 @@ def compute_stats(path: str, state: Optional[dict] = None) -> dict:
                              "init": spec.init, "scaling": spec.scaling},
         "languages": languages,
         "groups": {g: c.to_dict(n_model) for g, c in groups.items()},
+        # languages whose adapters carry no update at all (pruned to nothing: they decode like the base)
+        "dead_languages": [c for c in codes if per_lang[c].adapters and per_lang[c].dead == per_lang[c].adapters],
     }
     if any_shared:
-        record["shared"] = shared.to_dict(n_model, rank=spec.shared_rank)
+        record["shared"] = shared.to_dict(n_model, rank=spec.shared_rank, **shared.adapter_fields())
     record["total"] = total.to_dict(n_model)
     return record
 
 
 def format_table(record: dict) -> str:
-    rows = [("language", "group", "rank", "LSLo params", "% model", "kept", "% model")]
+    rows = [("language", "group", "rank", "LSLo params", "% model", "kept", "% model", "kept rank", "dead adapters")]
 
     def row(name, group, rank, d):
+        adapters = (f"{d['kept_rank']:.2f}", f"{d['dead_adapters']}/{d['adapters']}") if "adapters" in d else ("", "")
         return (name, group, str(rank), f"{d['lslo_parameters']:,}", f"{d['lslo_percent']:.3f}",
-                f"{d['nonzero_parameters']:,}", f"{d['nonzero_percent']:.3f}")
+                f"{d['nonzero_parameters']:,}", f"{d['nonzero_percent']:.3f}", *adapters)
 
     for code, d in record["languages"].items():
         rows.append(row(code, d["group"], d["rank"], d))
@@ -150,6 +174,9 @@ def format_table(record: dict) -> str:
         lines.append(f"fc1/fc2 coverage {coverage}, init of A {p['init']}, scaling {p['scaling']}")
     for r in rows:
         lines.append("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    for code in record.get("dead_languages", []):
+        lines.append(f"WARNING: {code} carries no update: every one of its adapters is pruned to nothing "
+                     "(all of B or all of A); it translates like the base model")
     return "\n".join(lines)
 
 

@@ -28,7 +28,7 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 
 from ..languages import LSLoConfigError
-from ..modules.lslo_linear import LSLoLinear
+from ..modules.lslo_linear import LSLoLinear, mix_weights
 from ..modules.search import MixSite, mean_entropy, mix_modules
 from .target_languages import TargetLanguages
 
@@ -152,7 +152,7 @@ class LSLoLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion)
         logits = [module.lslo_mix for _, module in self._mix]
         with torch.no_grad():
             stacked = torch.stack([t.detach().float() for t in logits])  # positions x 2
-            w_tgt = torch.softmax(stacked, dim=-1)[:, 1]
+            w_tgt = mix_weights(stacked)[:, 1]
             values = torch.cat([w_tgt, mean_entropy(list(stacked)).reshape(1)]).tolist()
         term = None
         if self.entropy_weight != 0:  # differentiable; per unit of sample_size after fairseq's division

@@ -14,7 +14,7 @@ import io
 import os
 import sys
 
-from data_prep.score import read_hypotheses
+from lslo_data_prep.score import read_hypotheses
 
 from .commands import generate_args
 from .config import CONFIGS

@@ -42,7 +42,7 @@ def group_counts(ckpt: str) -> Dict[str, Dict[str, int]]:
     """
     state = load_checkpoint(ckpt)["model"]
     spec = LSLoSpec.from_state(state, ckpt)
-    groups = [group for _code, group in spec.languages]
+    group_of = dict(spec.languages, shared="shared")
     out: Dict[str, Dict[str, int]] = {}
     for name, t in state.items():
         m = parse_factor_key(name)
@@ -50,7 +50,7 @@ def group_counts(ckpt: str) -> Dict[str, Dict[str, int]]:
             continue
         kind, rank = m.kind, m.rank
         kept = state[name + "_mask"]  # True = kept by pruning (what lslo-stats counts as non-zero)
-        slot_groups = ["shared"] if kind == "shared" else [g for g, r in zip(groups, spec.ranks) if r == rank]
+        slot_groups = [group_of[owner] for owner in spec.bucket_owners(kind, m.bank)[rank]]
         for i, group in enumerate(slot_groups):
             c = out.setdefault(group, {"lslo_parameters": 0, "nonzero_parameters": 0})
             c["lslo_parameters"] += kept[i].numel()

@@ -6,6 +6,7 @@ share the original weights.  Everything that is not LSLo is frozen.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any, Dict, List, Optional
@@ -26,12 +27,12 @@ from ..data_check import check_binarized
 from ..langtok import LanguageTokens, task_directions
 from ..languages import LSLoConfigError
 from ..modules.adapter_file import load_adapters
-from ..modules.epochs import announce_epoch, follow_task_epochs
-from ..modules.lslo_linear import INITS, SCALINGS, LSLoLinear, is_lslo_key
+from ..modules.keys import bank_attr, is_lslo_key, join
+from ..modules.lslo_linear import INITS, SCALINGS, LSLoLinear
 from ..modules.placement import DECODER_POSITIONS, ENCODER_POSITIONS, ROUTES, compact_routing
-from ..modules.pruning import publish_prunable
 from ..modules.routing import BatchLanguages, LanguageResolver, LanguageRouter
 from ..modules.spec import CONFIG_KEY, FFN_COVERAGES, PARAMETERISATION, PRESETS, LSLoSpec, resolve_preset
+from ..optim.training_clock import follow_task
 from .base_architecture import inherit_base_architecture
 from .bf16_device import keep_bf16_off_tpu
 
@@ -151,7 +152,7 @@ class LSLoTransformerModel(TransformerModel):
         check_training_data(task)
         model = super().build_model(args, task)
         model.install_lslo(spec, resolver)
-        follow_task_epochs(task, model)  # fairseq tells the task, not the model, when an epoch begins
+        follow_task(task, model)  # the epoch and update number reach pruning from the task (optim/training_clock.py)
         model.lslo_adapters_pending = None
         path = getattr(args, "lslo_adapters", None)
         if path and os.path.exists(path):
@@ -184,7 +185,7 @@ class LSLoTransformerModel(TransformerModel):
         self.decoder.lslo_router = router
         for side, table in (("encoder", ENCODER_POSITIONS), ("decoder", DECODER_POSITIONS)):
             side_spec = getattr(spec, side)
-            for layer, route in zip(getattr(self, side).layers, side_spec.routing):
+            for index, (layer, route) in enumerate(zip(getattr(self, side).layers, side_spec.routing)):
                 if route == "none":
                     continue
                 for position in side_spec.positions:
@@ -192,7 +193,9 @@ class LSLoTransformerModel(TransformerModel):
                     parent = layer.get_submodule(parent_path) if parent_path else layer
                     base = getattr(parent, attr)
                     kinds = ["src", "tgt"] if route == "learn" else [route]
-                    banks = {k: spec.build_bank(k, base.in_features, base.out_features, position) for k in kinds}
+                    module = f"{side}.layers.{index}.{table[position]}"
+                    banks = {k: spec.build_bank(k, base.in_features, base.out_features, position,
+                                                bank=join(module, bank_attr(k))) for k in kinds}
                     banks = {k: b.to(base.weight.device) for k, b in banks.items()}
                     setattr(parent, attr, LSLoLinear(base, route, banks, router))
                     if parent_path.endswith("attn"):
@@ -203,17 +206,6 @@ class LSLoTransformerModel(TransformerModel):
             p.requires_grad = is_lslo_key(name)
         self.register_buffer(CONFIG_KEY, spec.to_tensor())
         log_parameter_counts(self)
-        publish_prunable(self)  # lets --optimizer lslo_pruning find the masks of these weights
-
-    def set_num_updates(self, num_updates):
-        """fairseq calls this before every forward in training: remember it for pruning."""
-        super().set_num_updates(num_updates)
-        self.lslo_num_updates = int(num_updates)
-
-    def set_epoch(self, epoch):
-        """Called at the start of every fairseq-train epoch (see modules/epochs.py): tell pruning."""
-        super().set_epoch(epoch)
-        announce_epoch(self, epoch)
 
     def load_lslo_adapters(self, path: str) -> None:
         """Copy an lslo-export file's adapters and masks into the model (configurations must match).
@@ -419,6 +411,8 @@ def fill_args_from_adapters(args, path: str) -> None:
     for name, value in values.items():
         if getattr(args, name, None) in (None, ""):
             setattr(args, name, value)
+    # the kept ranks of a rank-pruned export are part of the file's shapes, never a flag
+    args.lslo_bank_ranks = json.dumps(spec.bank_ranks, sort_keys=True) if spec.bank_ranks else None
 
 
 @register_model_architecture("lslo_transformer", "lslo_transformer")

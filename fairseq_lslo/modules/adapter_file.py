@@ -28,12 +28,10 @@ from torch import Tensor
 
 from ..checkpoint_io import atomic_write
 from ..languages import LSLoConfigError
-from .adapter_state import CONFIG_KEY
-from .lslo_linear import is_lslo_key
-from .spec import LSLoSpec
+from .keys import MASK_SUFFIX, is_lslo_key
+from .spec import CONFIG_KEY, LSLoSpec
 
 FORMAT = "lslo-adapters/1"
-MASK_SUFFIX = "_mask"
 _BIT_WEIGHTS = torch.tensor([1 << i for i in range(8)], dtype=torch.uint8)
 
 

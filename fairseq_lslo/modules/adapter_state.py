@@ -9,13 +9,14 @@ the forward pass, sliced fc1/fc2 adapters included.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from .keys import BANK_KINDS, join, parse_entry, parse_factor_key, parse_layer_path, parse_mix_key  # noqa: F401
-from .lslo_linear import LowRankBank, is_lslo_key
+from .keys import (bank_attr, bucket_rows, entry_name, is_lslo_key, join, parse_entry, parse_factor_key,
+                   parse_layer_path, parse_mix_key)
+from .lslo_linear import LowRankBank, live_components, route_delta
 from .placement import position_at
 from .spec import CONFIG_KEY, LSLoSpec
 
@@ -89,7 +90,7 @@ def load_bank(spec: LSLoSpec, kind: str, tensors: Dict[str, Tensor], where: str,
                 f"{where}: a {spec.ffn_coverage}-coverage {position} adapter needs its host linear map's "
                 f"shape ({where}.weight is not in the state dict)"
             )
-    bank = spec.build_bank(kind, d_in, d_out, position)
+    bank = spec.build_bank(kind, d_in, d_out, position, bank=join(where, bank_attr(kind)))
     try:
         bank.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in tensors.items()})
     except RuntimeError as e:
@@ -99,13 +100,63 @@ def load_bank(spec: LSLoSpec, kind: str, tensors: Dict[str, Tensor], where: str,
 
 def module_delta(spec: LSLoSpec, module: str, adapters: ModuleAdapters, src: Optional[int], tgt: Optional[int]) -> Tensor:
     """Dense float32 weight update of one module for the direction (src, tgt), as in LSLoLinear."""
-    route = adapters.route
-    if route == "shared":
-        return load_bank(spec, "shared", adapters.banks["shared"], module, adapters).delta_weight(0)
-    if route in ("src", "tgt"):
-        slot = src if route == "src" else tgt
-        return load_bank(spec, route, adapters.banks[route], module, adapters).delta_weight(slot)
-    w = torch.softmax(adapters.mix.float(), dim=0)
-    d_src = load_bank(spec, "src", adapters.banks["src"], module, adapters).delta_weight(src)
-    d_tgt = load_bank(spec, "tgt", adapters.banks["tgt"], module, adapters).delta_weight(tgt)
-    return w[0] * d_src + w[1] * d_tgt
+    banks = {kind: load_bank(spec, kind, tensors, module, adapters) for kind, tensors in adapters.banks.items()}
+    return route_delta(adapters.route, banks, adapters.mix, src, tgt)
+
+
+def compact_ranks(spec: LSLoSpec, lslo: Mapping[str, Tensor]) -> Tuple[LSLoSpec, Dict[str, Tensor]]:
+    """Drop every rank component that carries nothing (its row of A or its column of B fully pruned).
+
+    Returns a configuration whose ``bank_ranks`` lists each bank's kept ranks (where they
+    differ from the configured ones) and the LSLo tensors in that smaller layout: a model
+    built from them computes only the kept ranks, with the same output (the scale ``c_k``
+    stays that of the configured rank).  Banks with nothing to drop keep their tensors as they
+    are; a configuration without dead components comes back unchanged.
+    """
+    out: Dict[str, Tensor] = {k: v for k, v in lslo.items()}
+    bank_ranks = dict(spec.bank_ranks)
+    for module, adapters in group_adapters(lslo).items():
+        for kind, tensors in adapters.banks.items():
+            bank = join(module, bank_attr(kind))
+            ranks = spec.slot_ranks(kind, bank)
+            kept = []
+            for r, row in bucket_rows(ranks):
+                if r == 0:
+                    kept.append(None)
+                    continue
+                masks = [tensors.get(entry_name(f, r, mask=True)) for f in ("A", "B")]
+                if masks[0] is None or masks[1] is None:
+                    kept.append(torch.ones(r, dtype=torch.bool))
+                    continue
+                kept.append(live_components(masks[0][row].bool(), masks[1][row].bool()))
+            new_ranks = [0 if k is None else int(k.sum()) for k in kept]
+            if new_ranks == ranks:
+                continue
+            for r in set(ranks) - {0}:
+                for name in (entry_name(f, r, m) for f in ("A", "B") for m in (False, True)):
+                    out.pop(join(bank, name), None)
+            for r, new_rows in _group_rows(new_ranks).items():
+                for f, mask in ((f, m) for f in ("A", "B") for m in (False, True)):
+                    parts = []
+                    for slot in new_rows:
+                        old_r, old_row = bucket_rows(ranks)[slot]
+                        source = tensors.get(entry_name(f, old_r, mask))
+                        if source is None:
+                            source = torch.ones_like(tensors[entry_name(f, old_r)], dtype=torch.bool)
+                        t = source[old_row]
+                        parts.append(t[kept[slot]] if f == "A" else t[:, kept[slot]])
+                    out[join(bank, entry_name(f, r, mask))] = torch.stack(parts).contiguous()
+            bank_ranks[bank] = new_ranks
+    if bank_ranks == spec.bank_ranks:
+        return spec, out
+    compacted = LSLoSpec.from_dict({**spec.to_dict(), "bank_ranks": bank_ranks})
+    return compacted, out
+
+
+def _group_rows(ranks: Sequence[int]) -> Dict[int, List[int]]:
+    """Rank -> slots (rank > 0 only), in slot order."""
+    groups: Dict[int, List[int]] = {}
+    for slot, r in enumerate(ranks):
+        if r > 0:
+            groups.setdefault(r, []).append(slot)
+    return groups

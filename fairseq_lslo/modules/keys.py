@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, TypeVar
+
+Owner = TypeVar("Owner")
 
 #: every parameter or buffer whose name contains this belongs to LSLo (and trains)
 LSLO_MARK = "lslo_"
@@ -98,6 +100,13 @@ def parse_factor_key(key: str) -> Optional[FactorKey]:
     return FactorKey(m["module"] or "", m["kind"], *entry)
 
 
+def parse_bank_path(path: str) -> Optional[Tuple[str, str]]:
+    """``MODULE.lslo_KIND`` (a bank's module path) -> (MODULE, KIND); None for any other path."""
+    module, _, attr = path.rpartition(".")
+    kind = attr[len(LSLO_MARK):] if attr.startswith(LSLO_MARK) else None
+    return (module, kind) if kind in BANK_KINDS else None
+
+
 def mix_key(module: str) -> str:
     return join(module, MIX_NAME)
 
@@ -108,6 +117,28 @@ def parse_mix_key(key: str) -> Optional[str]:
         return ""
     suffix = "." + MIX_NAME
     return key[: -len(suffix)] if key.endswith(suffix) else None
+
+
+def bucket_rows(ranks: Sequence[int]) -> List[Tuple[int, int]]:
+    """Slot -> (rank, row): where a bank keeps each slot's factors.
+
+    The slots of one rank share the tensors ``A{rank}``/``B{rank}`` (a bucket), in slot order:
+    ranks ``[2, 2, 8]`` place slot 0 at ``(2, 0)``, slot 1 at ``(2, 1)`` and slot 2 at ``(8, 0)``.
+    """
+    seen: Dict[int, int] = {}
+    rows = []
+    for r in ranks:
+        rows.append((int(r), seen.get(int(r), 0)))
+        seen[int(r)] = seen.get(int(r), 0) + 1
+    return rows
+
+
+def bucket_owners(owners: Sequence[Owner], ranks: Sequence[int]) -> Dict[int, List[Owner]]:
+    """Rank -> the owners (e.g. language codes) of the rows of ``A{rank}``/``B{rank}``, in row order."""
+    out: Dict[int, List[Owner]] = {}
+    for owner, (r, _) in zip(owners, bucket_rows(ranks)):
+        out.setdefault(r, []).append(owner)
+    return out
 
 
 def join(module: str, name: str) -> str:

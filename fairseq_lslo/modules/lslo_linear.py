@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .lowrank_ops import LinearLowRank, LowRankAdd, low_rank_add_, masked_factors, precision
-from .keys import BANK_KINDS, LSLO_MARK, bank_attr, entry_name, is_lslo_key  # noqa: F401 (re-exported)
+from .keys import BANK_KINDS, bank_attr, bucket_owners, bucket_rows, entry_name, is_lslo_key
 from .routing import LanguageRouter
 
 #: how A is initialised: ``linear`` U(+-1/sqrt(d_in)) like a fresh nn.Linear(d_in -> r);
@@ -42,10 +42,13 @@ class LowRankBank(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, ranks: Sequence[int], alpha: float,
                  in_span: Optional[Span] = None, out_span: Optional[Span] = None,
-                 init: str = "linear", scaling: str = "alpha"):
+                 init: str = "linear", scaling: str = "alpha", scale_ranks: Optional[Sequence[int]] = None):
         super().__init__()
-        if not ranks or min(ranks) <= 0:
-            raise ValueError(f"every rank must be positive, got {list(ranks)}")
+        if not ranks or min(ranks) < 0:
+            raise ValueError(f"every rank must be >= 0, got {list(ranks)}")
+        scale_ranks = list(ranks) if scale_ranks is None else list(scale_ranks)
+        if len(scale_ranks) != len(ranks) or any(s <= 0 and r > 0 for r, s in zip(ranks, scale_ranks)):
+            raise ValueError(f"scale_ranks {scale_ranks} do not fit ranks {list(ranks)}")
         if init not in INITS or scaling not in SCALINGS:
             raise ValueError(f"init must be one of {INITS} and scaling one of {SCALINGS}; got {init!r}, {scaling!r}")
         self.in_features, self.out_features = in_features, out_features
@@ -54,19 +57,17 @@ class LowRankBank(nn.Module):
         self.ranks: List[int] = [int(r) for r in ranks]
         self.alpha = float(alpha)
         self.init, self.scaling = init, scaling
-        self.rank_buckets: List[int] = sorted(set(self.ranks))
+        # a slot of rank 0 (an adapter that rank pruning removed, see adapter_state.compact_ranks) has no
+        # factors: its samples get no update; in the padded stack it reads one extra row of zeros
+        self.rank_buckets: List[int] = sorted(set(r for r in self.ranks if r > 0))
         # slot -> (rank, index inside its bucket); slot -> row in the padded stack
-        self.slot_place: List[Tuple[int, int]] = []
+        self.slot_place: List[Tuple[int, int]] = bucket_rows(self.ranks)
         bucket_start, start = {}, 0
         for r in self.rank_buckets:
             bucket_start[r] = start
             start += self.ranks.count(r)
-        seen = {r: 0 for r in self.rank_buckets}
-        rows = []
-        for r in self.ranks:
-            self.slot_place.append((r, seen[r]))
-            rows.append(bucket_start[r] + seen[r])
-            seen[r] += 1
+        bucket_start[0] = start  # the zero row, shared by every slot of rank 0
+        rows = [bucket_start[r] + (i if r else 0) for r, i in self.slot_place]
         a_in, a_out = self.adapter_in, self.adapter_out
         for r in self.rank_buckets:
             n = self.ranks.count(r)
@@ -77,7 +78,10 @@ class LowRankBank(nn.Module):
         self.register_buffer("slot_row", torch.tensor(rows, dtype=torch.long), persistent=False)
         #: the rank of each row of the padded stack (slots in stack order)
         self.row_ranks: Tuple[int, ...] = tuple(r for r in self.rank_buckets for _ in range(self.ranks.count(r)))
-        scales = [self.alpha / r if scaling == "alpha" else 1.0 for r in self.ranks]
+        if 0 in self.ranks:
+            self.row_ranks += (0,)
+        #: c_k = alpha / r_k with the rank the slot was trained at (a compacted slot keeps its scale)
+        scales = [self.alpha / s if scaling == "alpha" else 1.0 for s in scale_ranks]
         self.register_buffer("slot_scale", torch.tensor(scales), persistent=False)
         self.reset_parameters()
 
@@ -107,15 +111,21 @@ class LowRankBank(nn.Module):
     def num_slots(self) -> int:
         return len(self.ranks)
 
+    def bucket_slots(self) -> Dict[int, List[int]]:
+        """Rank -> the slots whose factors are the rows of ``A{rank}``/``B{rank}``, in row order."""
+        return bucket_owners(range(self.num_slots), self.ranks)
+
     def factor_tensors(self) -> Iterator[Tuple[str, int, nn.Parameter, Tensor]]:
         """(factor 'A'/'B', rank, parameter, mask) for every bucket."""
         for r in self.rank_buckets:
             for f in ("A", "B"):
-                yield f, r, getattr(self, f"{f}{r}"), getattr(self, f"{f}{r}_mask")
+                yield f, r, getattr(self, entry_name(f, r)), getattr(self, entry_name(f, r, mask=True))
 
     def factors(self, slot: int) -> Tuple[Tensor, Tensor]:
         """Masked ``(A_k, B_k)`` of one slot in their own shape: (r_k x a_in), (a_out x r_k)."""
         r, i = self.slot_place[slot]
+        if r == 0:
+            return self.slot_scale.new_zeros(0, self.adapter_in), self.slot_scale.new_zeros(self.adapter_out, 0)
         A = getattr(self, entry_name("A", r))[i] * getattr(self, entry_name("A", r, mask=True))[i]
         B = getattr(self, entry_name("B", r))[i] * getattr(self, entry_name("B", r, mask=True))[i]
         return A, B
@@ -130,6 +140,9 @@ class LowRankBank(nn.Module):
         in the host's full width (d_in, d_out): a sliced adapter is zero outside its span."""
         if slot is None:
             A, Bt = masked_factors(self.buckets(), None)
+            if 0 in self.ranks:  # the zero row read by slots of rank 0
+                A = torch.cat([A, A.new_zeros((1,) + A.shape[1:])])
+                Bt = torch.cat([Bt, Bt.new_zeros((1,) + Bt.shape[1:])])
         else:
             r, i = self.slot_place[slot]
             A, Bt = masked_factors(self.buckets(), (self.rank_buckets.index(r), i))
@@ -157,6 +170,8 @@ class LowRankBank(nn.Module):
         accumulated straight into the time-major ``out``: no full-size temporary.
         """
         shape = out.shape
+        if self.carries_nothing(uniform):
+            return out
         out = _storage_owner(out)
         apply = LowRankAdd.apply if torch.is_grad_enabled() else low_rank_add_
         if uniform is not None:
@@ -173,7 +188,7 @@ class LowRankBank(nn.Module):
         self, x: Tensor, weight: Tensor, bias: Optional[Tensor], slots: Optional[Tensor], uniform: Optional[int]
     ) -> Tensor:
         """``F.linear(x, weight, bias) + delta(x)``, fused (see :class:`LinearLowRank`)."""
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() or self.carries_nothing(uniform):
             return self.add_delta(F.linear(x, weight, bias), x, slots, uniform)
         if uniform is not None:
             A, Bt = self._masked(uniform)
@@ -186,6 +201,10 @@ class LowRankBank(nn.Module):
             scale = self.slot_scale.index_select(0, slots)
         out = LinearLowRank.apply(x, weight, bias, A, Bt, scale, rows, self.row_ranks)
         return out.view(x.shape[:-1] + (weight.size(0),))
+
+    def carries_nothing(self, uniform: Optional[int]) -> bool:
+        """True when the batch's update is zero by construction: no factors, or one slot of rank 0."""
+        return not self.rank_buckets or (uniform is not None and self.ranks[uniform] == 0)
 
     @staticmethod
     def _check_time_major(x: Tensor, slots: Optional[Tensor]) -> None:
@@ -220,6 +239,8 @@ class LowRankBank(nn.Module):
 
     def delta_weight(self, slot: int) -> Tensor:
         """Dense ``c_k B_k A_k`` (d_out x d_in, the host's shape) of one slot, for merging."""
+        if self.ranks[slot] == 0:
+            return self.slot_scale.new_zeros(self.out_features, self.in_features)
         A, B = self.factors(slot)
         dense = (B @ A) * self.slot_scale[slot]
         (i0, wi), (o0, wo) = self.in_span, self.out_span
@@ -232,6 +253,8 @@ class LowRankBank(nn.Module):
     def num_kept(self, slot: int) -> int:
         """Parameters of the slot not removed by pruning."""
         r, i = self.slot_place[slot]
+        if r == 0:
+            return 0
         return (int(getattr(self, entry_name("A", r, mask=True))[i].sum())
                 + int(getattr(self, entry_name("B", r, mask=True))[i].sum()))
 
@@ -276,7 +299,7 @@ class LSLoLinear(nn.Linear):
 
     def mix_weights(self) -> Optional[Tensor]:
         """softmax over (src, tgt) in search mode, else None."""
-        return torch.softmax(self.lslo_mix.float(), dim=0) if self.route == "learn" else None
+        return mix_weights(self.lslo_mix) if self.route == "learn" else None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.merged is None and self.route != "learn":
@@ -295,15 +318,7 @@ class LSLoLinear(nn.Linear):
     # --- merging (deployment) -------------------------------------------------------
     def delta_weight(self, src: Optional[int], tgt: Optional[int]) -> Tensor:
         """The dense weight update this module applies for one direction (src, tgt ids)."""
-        if self.route == "shared":
-            return self.lslo_shared.delta_weight(0)
-        if self.route == "learn":
-            w = self.mix_weights()
-            return w[0] * self.lslo_src.delta_weight(_need(src, "src")) + w[1] * self.lslo_tgt.delta_weight(
-                _need(tgt, "tgt")
-            )
-        slot = _need(src if self.route == "src" else tgt, self.route)
-        return getattr(self, bank_attr(self.route)).delta_weight(slot)
+        return route_delta(self.route, self.banks(), getattr(self, "lslo_mix", None), src, tgt)
 
     @torch.no_grad()
     def merge(self, src: Optional[int] = None, tgt: Optional[int] = None) -> None:
@@ -337,6 +352,34 @@ class LSLoLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, route={self.route}"
+
+
+def mix_weights(logits: Tensor) -> Tensor:
+    """The mixing weights ``(w_src, w_tgt)`` of search-mode logits ``lslo_mix`` (..., 2): softmax in float32."""
+    return torch.softmax(logits.float(), dim=-1)
+
+
+def route_delta(route: str, banks: Dict[str, "LowRankBank"], mix_logits: Optional[Tensor],
+                src: Optional[int], tgt: Optional[int]) -> Tensor:
+    """The dense weight update of one linear map for the direction (src, tgt language ids).
+
+    ``shared``: the one adapter; ``src``/``tgt``: the slot of that side's language; ``learn``:
+    both banks mixed by :func:`mix_weights` of ``mix_logits``.  Used by the live layer
+    (:meth:`LSLoLinear.delta_weight`) and by merging straight from a state dict alike.
+    """
+    if route == "shared":
+        return banks["shared"].delta_weight(0)
+    if route == "learn":
+        w = mix_weights(mix_logits)
+        return w[0] * banks["src"].delta_weight(_need(src, "src")) + w[1] * banks["tgt"].delta_weight(_need(tgt, "tgt"))
+    return banks[route].delta_weight(_need(src if route == "src" else tgt, route))
+
+
+def live_components(A_mask: Tensor, B_mask: Tensor) -> Tensor:
+    """Bool (..., r): the rank components that can still carry an update: their row of A
+    (``A_mask``: ... x r x a_in) and their column of B (``B_mask``: ... x a_out x r) both keep
+    at least one entry.  An adapter with none carries no update (its language's delta there is 0)."""
+    return A_mask.any(dim=-1) & B_mask.any(dim=-2)
 
 
 def _check_span(span: Optional[Span], size: int, what: str) -> Span:

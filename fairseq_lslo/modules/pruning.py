@@ -6,7 +6,12 @@ and applied by the forward pass at training and inference.  The optimizer wrappe
 (``fairseq_lslo.optim.lslo_pruning``) decides *when* masks change and keeps pruned weights
 and their optimizer state at exactly zero.
 
-Units of pruning (one magnitude threshold each):
+What one decision removes (``structure``) and by which score: single weights (``element``; by
+magnitude when one factor is pruned, by the part of the update a weight carries when both are,
+see :meth:`PruningPlan.element_scores`), or whole rank components of a language (``rank``: a row
+of A with its column of B, see :meth:`PruningPlan.component_scores`).
+
+Units of pruning (one threshold each):
 
 * scope ``language`` (default, the paper's): one unit per language, over all its LSLo
   weights in every layer and position (both banks of ``learn`` layers), plus one unit
@@ -17,7 +22,6 @@ Units of pruning (one magnitude threshold each):
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence, Tuple
 
@@ -27,10 +31,12 @@ from torch import Tensor
 
 from ..languages import LSLoConfigError, parse_group_values
 from .keys import bank_attr, entry_name, join, layer_of
-from .lslo_linear import LowRankBank, LSLoLinear
+from .lslo_linear import LowRankBank, LSLoLinear, live_components
 
 SCOPES = ("language", "layer")
 FACTOR_CHOICES = ("A", "B", "AB")
+#: what one pruning decision removes: one weight, or one rank component (a row of A and its column of B)
+STRUCTURES = ("element", "rank")
 #: schedule units: optimizer updates, or fairseq's real epochs (masks at each epoch's start)
 UNITS = ("updates", "epochs")
 #: the pseudo-group of the single adapter of ``shared`` layers
@@ -87,6 +93,7 @@ class PruneSchedule:
     scope: str = "language"
     factors: str = "AB"
     unit: str = "updates"
+    structure: str = "element"
 
     def __post_init__(self):
         if self.unit not in UNITS:
@@ -107,6 +114,15 @@ class PruneSchedule:
             raise LSLoConfigError(
                 f"--lslo-prune-factors must be one of {', '.join(FACTOR_CHOICES)}, got {self.factors!r}"
             )
+        if self.structure not in STRUCTURES:
+            raise LSLoConfigError(
+                f"--lslo-prune-structure must be one of {', '.join(STRUCTURES)}, got {self.structure!r}"
+            )
+        if self.structure == "rank" and self.factors != "AB":
+            raise LSLoConfigError(
+                f"--lslo-prune-structure rank removes a row of A with its column of B: it needs "
+                f"--lslo-prune-factors AB, got {self.factors}"
+            )
 
     def sparsity(self, group: str, t: int) -> float:
         """Target sparsity of ``group`` at time ``t``."""
@@ -122,7 +138,32 @@ class PruneSchedule:
 
     def to_dict(self) -> dict:
         return {"final": dict(self.final), "start": self.start, "end": self.end, "interval": self.interval,
-                "scope": self.scope, "factors": self.factors, "unit": self.unit}
+                "scope": self.scope, "factors": self.factors, "unit": self.unit, "structure": self.structure}
+
+
+@dataclass
+class AdapterBucket:
+    """One rank bucket of one bank: ``A`` (n x r x a_in), ``B`` (n x a_out x r), their masks, owners.
+
+    Row ``i`` of each tensor is one adapter: the slot of ``owners[i]`` (a language code or
+    SHARED) in this bank, whose update is ``scales[i] * B[i] @ A[i]``.
+    """
+
+    name: str  # the bank, e.g. encoder.layers.0.fc1.lslo_src
+    layer: str
+    rank: int
+    A: nn.Parameter
+    A_mask: Tensor
+    B: nn.Parameter
+    B_mask: Tensor
+    owners: List[str]
+    scales: List[float]
+    #: factor -> index of its PrunableTensor in the plan (factors pruned by the schedule only)
+    tensor_index: Dict[str, int] = field(default_factory=dict)
+
+    def live_components(self, i: int) -> Tensor:
+        """Bool (r,): rank components of adapter ``i`` whose A row and B column both keep an entry."""
+        return live_components(self.A_mask[i], self.B_mask[i])
 
 
 @dataclass
@@ -135,6 +176,7 @@ class PrunableTensor:
     param: nn.Parameter
     mask: Tensor  # bool buffer, same shape as param
     owners: List[str]  # per index along dim 0: language code or SHARED
+    bucket: int = -1  # index of its AdapterBucket in the plan
 
 
 @dataclass
@@ -155,6 +197,11 @@ class PruneReport:
     pruned: Dict[str, int]
     prunable: Dict[str, int]
     unit: str = "updates"
+    #: per language (or 'shared') whose adapters this mask update left without any update:
+    #: (names of those adapters, how many adapters the language has in all)
+    newly_dead: Dict[str, Tuple[List[str], int]] = field(default_factory=dict)
+    #: per language: adapters that carry no update (all of them, not only the new ones)
+    dead: Dict[str, int] = field(default_factory=dict)
 
 
 class PruningPlan:
@@ -169,21 +216,32 @@ class PruningPlan:
         self.group_of: Dict[str, str] = {code: group for code, group in spec.languages}
         self.group_of[SHARED] = SHARED
         self.tensors: List[PrunableTensor] = []
+        self.buckets: List[AdapterBucket] = []
         for module_name, module in model.named_modules():
             if not isinstance(module, LSLoLinear):
                 continue
             for kind, bank in module.banks().items():
                 self._add_bank(join(module_name, bank_attr(kind)), layer_of(module_name), kind, bank)
         self.units = self._build_units()
+        self._dead_seen: set = set()  # (bucket, row) already reported as carrying no update
 
     def _add_bank(self, prefix: str, layer: str, kind: str, bank: LowRankBank) -> None:
-        owners_by_rank: Dict[int, List[str]] = {r: [] for r in bank.rank_buckets}
-        for slot, (r, _) in enumerate(bank.slot_place):
-            owners_by_rank[r].append(SHARED if kind == SHARED else self.codes[slot])
-        for factor, r, param, mask in bank.factor_tensors():
-            if factor in self.schedule.factors:
-                self.tensors.append(PrunableTensor(join(prefix, entry_name(factor, r)), layer, factor, param, mask,
-                                                   owners_by_rank[r]))
+        owners = [SHARED] * bank.num_slots if kind == SHARED else self.codes
+        for r, slots in bank.bucket_slots().items():
+            bucket = AdapterBucket(
+                prefix, layer, r,
+                A=getattr(bank, entry_name("A", r)), A_mask=getattr(bank, entry_name("A", r, mask=True)),
+                B=getattr(bank, entry_name("B", r)), B_mask=getattr(bank, entry_name("B", r, mask=True)),
+                owners=[owners[s] for s in slots], scales=[float(bank.slot_scale[s]) for s in slots],
+            )
+            b = len(self.buckets)
+            self.buckets.append(bucket)
+            for factor in ("A", "B"):
+                if factor in self.schedule.factors:
+                    bucket.tensor_index[factor] = len(self.tensors)
+                    self.tensors.append(PrunableTensor(
+                        join(prefix, entry_name(factor, r)), layer, factor, getattr(bucket, factor),
+                        getattr(bucket, factor + "_mask"), bucket.owners, b))
 
     def _build_units(self) -> List[PruneUnit]:
         units: Dict[str, PruneUnit] = {}
@@ -215,14 +273,53 @@ class PruningPlan:
             total += self.schedule.sparsity(group, t) * self.tensors[j].mask[i].numel()
         return int(round(total))
 
+    # --- scores ---------------------------------------------------------------------------
+    def _partner(self, values: Sequence[Tensor], j: int, i: int) -> Tensor:
+        """The masked other factor of adapter ``i`` of tensor ``j`` (B for an A, A for a B), as float."""
+        tensor = self.tensors[j]
+        k = self.buckets[tensor.bucket].tensor_index["B" if tensor.factor == "A" else "A"]
+        return values[k][i].detach().float() * self.tensors[k].mask[i].to(values[k].device)
+
+    def element_scores(self, values: Sequence[Tensor], j: int, i: int) -> Tensor:
+        """The score of every entry of adapter ``i`` of tensor ``j``: what pruning it would remove.
+
+        One factor pruned (``A`` or ``B``, the reference's ``B``): the L1 magnitude ``|w|``.
+        Both (``AB``): the norm of the part of the adapter's update ``c B A`` that the entry
+        carries, ``c |A[k, j]| ||B[:, k]||`` for an entry of A and ``c |B[o, k]| ||A[k, :]||``
+        for an entry of B (exactly ``||c B A - c B' A'||_F`` when the entry alone is zeroed).
+        Unlike a joint magnitude it does not depend on how the update is split between the
+        factors, so B (zero at the start) is not pruned first only for being smaller.
+        """
+        v = values[j][i].detach().float().abs()
+        if self.schedule.factors != "AB":
+            return v
+        tensor = self.tensors[j]
+        partner = self._partner(values, j, i)
+        scale = self.buckets[tensor.bucket].scales[i]
+        if tensor.factor == "A":  # A: r x a_in; partner B: a_out x r
+            return v * (partner.norm(dim=0) * scale).unsqueeze(1)
+        return v * (partner.norm(dim=1) * scale).unsqueeze(0)  # B: a_out x r; partner A: r x a_in
+
+    def component_scores(self, values: Sequence[Tensor], b: int, i: int) -> Tensor:
+        """(r,): ``c ||A[k, :]|| ||B[:, k]||``, the norm of the rank-one update of each component."""
+        bucket = self.buckets[b]
+        jA, jB = bucket.tensor_index["A"], bucket.tensor_index["B"]
+        A = values[jA][i].detach().float() * bucket.A_mask[i].to(values[jA].device)
+        B = values[jB][i].detach().float() * bucket.B_mask[i].to(values[jB].device)
+        return A.norm(dim=1) * B.norm(dim=0) * bucket.scales[i]
+
+    # --- mask updates -----------------------------------------------------------------------
     @torch.no_grad()
     def update_masks(self, values: Sequence[Tensor], t: int) -> PruneReport:
-        """Prune every unit to its target at time ``t``, by magnitude of ``values``.
+        """Prune every unit to its target at time ``t``, by the score of ``values``.
 
         ``values[j]`` holds the current weights of ``tensors[j]`` (same shape; e.g. the
         optimizer's fp32 master copy).  Masks only shrink: already pruned weights stay
-        pruned and count towards the target.  Exactly the target number of weights ends up
-        pruned; ties in magnitude are broken by position (first in plan order goes first).
+        pruned and count towards the target.  Structure ``element``: exactly the target number
+        of weights ends up pruned, lowest :meth:`element_scores` first; ties in score are
+        broken by position (first in plan order goes first).  Structure ``rank``: whole rank
+        components (a row of A and the matching column of B), lowest :meth:`component_scores`
+        first, as many as bring the pruned weights nearest to the target.
         """
         for unit in self.units:
             k = self.target_count(unit, t)
@@ -230,7 +327,10 @@ class PruningPlan:
             kept = torch.cat([m.reshape(-1) for m in masks])
             if k <= int((~kept).sum()):
                 continue
-            scores = torch.cat([values[j][i].detach().reshape(-1).abs().float() for j, i in unit.pieces])
+            if self.schedule.structure == "rank":
+                self._prune_components(unit, values, k)
+                continue
+            scores = torch.cat([self.element_scores(values, j, i).reshape(-1) for j, i in unit.pieces])
             scores = scores.to(kept.device).masked_fill(~kept, -1.0)  # pruned first, as they must stay
             order = torch.sort(scores, stable=True).indices
             new_kept = torch.ones_like(kept)
@@ -240,7 +340,54 @@ class PruningPlan:
                 n = mask.numel()
                 mask.copy_(new_kept[offset:offset + n].view_as(mask))
                 offset += n
-        return self.report(t)
+        report = self.report(t)
+        report.newly_dead = self._newly_dead()
+        return report
+
+    def _prune_components(self, unit: PruneUnit, values: Sequence[Tensor], k: int) -> None:
+        """Structure ``rank``: remove the weakest whole components of ``unit`` until about ``k`` weights are pruned."""
+        adapters = [(self.tensors[j].bucket, i) for j, i in unit.pieces if self.tensors[j].factor == "A"]
+        scores, sizes, where = [], [], []
+        for b, i in adapters:
+            bucket = self.buckets[b]
+            score = self.component_scores(values, b, i).to(bucket.A_mask.device)
+            live = bucket.A_mask[i].all(dim=1) & bucket.B_mask[i].all(dim=0)
+            scores.append(score.masked_fill(~live, -1.0))  # anything pruned in a component prunes it all
+            sizes.append(torch.full_like(score, bucket.A.shape[2] + bucket.B.shape[1]))
+            where.extend((b, i, c) for c in range(bucket.rank))
+        score = torch.cat(scores).cpu()
+        size = torch.cat(sizes).cpu()
+        pruned = 0.0
+        for index in torch.sort(score, stable=True).indices.tolist():
+            if score[index] >= 0 and pruned + size[index] / 2 > k:  # the nearest count to the target
+                break
+            b, i, c = where[index]
+            bucket = self.buckets[b]
+            bucket.A_mask[i, c, :] = False
+            bucket.B_mask[i, :, c] = False
+            pruned += float(size[index])
+
+    def _newly_dead(self) -> Dict[str, Tuple[List[str], int]]:
+        """Adapters that carry no update any more (no live component) and were not reported yet."""
+        out: Dict[str, Tuple[List[str], int]] = {}
+        totals: Dict[str, int] = {}
+        for b, bucket in enumerate(self.buckets):
+            for i, owner in enumerate(bucket.owners):
+                totals[owner] = totals.get(owner, 0) + 1
+                if (b, i) in self._dead_seen or bool(bucket.live_components(i).any()):
+                    continue
+                self._dead_seen.add((b, i))
+                out.setdefault(owner, ([], 0))[0].append(bucket.name)
+        return {owner: (names, totals[owner]) for owner, (names, _) in out.items()}
+
+    def dead_adapters(self) -> Dict[str, Tuple[int, int]]:
+        """Per language (and 'shared'): (adapters carrying no update, adapters in all)."""
+        out: Dict[str, Tuple[int, int]] = {}
+        for bucket in self.buckets:
+            for i, owner in enumerate(bucket.owners):
+                dead, n = out.get(owner, (0, 0))
+                out[owner] = (dead + int(not bool(bucket.live_components(i).any())), n + 1)
+        return out
 
     @torch.no_grad()
     def report(self, t: int) -> PruneReport:
@@ -260,6 +407,7 @@ class PruningPlan:
             pruned={g: pruned[g] for g in groups},
             prunable={g: prunable[g] for g in groups},
             unit=self.schedule.unit,
+            dead={o: d for o, (d, _) in self.dead_adapters().items() if d},
         )
 
     def language_counts(self) -> Dict[str, Tuple[int, int]]:
@@ -271,22 +419,6 @@ class PruningPlan:
                 n, p = out.get(owner, (0, 0))
                 out[owner] = (n + m.numel(), p + int(m.numel() - m.sum()))
         return out
-
-
-# --- publication: how an optimizer finds the model whose weights it prunes ---------------
-_PUBLISHED: List["weakref.ReferenceType[nn.Module]"] = []
-
-
-def publish_prunable(model: nn.Module) -> None:
-    """Announce an LSLo model to pruning optimizers (weakly: it can still be freed)."""
-    _PUBLISHED[:] = [r for r in _PUBLISHED if r() is not None and r() is not model]
-    _PUBLISHED.append(weakref.ref(model))
-
-
-def published_models() -> List[nn.Module]:
-    """Live published models, most recently published first."""
-    live = [r() for r in reversed(_PUBLISHED)]
-    return [m for m in live if m is not None]
 
 
 def trainable_parameters(model: nn.Module) -> List[nn.Parameter]:

@@ -16,10 +16,8 @@ import torch.nn as nn
 from torch import Tensor
 
 from .keys import MIX_NAME, parse_layer_path, parse_mix_key
-from .lslo_linear import LSLoLinear
+from .lslo_linear import LSLoLinear, mix_weights
 from .placement import position_at
-
-MIX_KEY = MIX_NAME
 
 
 @dataclass(frozen=True)
@@ -73,11 +71,6 @@ def mix_logits_from_state(state: Mapping[str, Tensor]) -> Dict[MixSite, Tensor]:
     return out
 
 
-def mix_weights(logits: Tensor) -> Tensor:
-    """softmax over (src, tgt) in float32: the same mapping as LSLoLinear in search mode."""
-    return torch.softmax(logits.float(), dim=-1)
-
-
 def mean_entropy(logits: Sequence[Tensor]) -> Tensor:
     """Mean (over positions) entropy, in nats, of the softmax mixing weights; differentiable.
 
@@ -126,11 +119,11 @@ def choose_routing(configured: Sequence[str], logits: Mapping[MixSite, Tensor], 
             choices.append(LayerChoice(layer, weights, None, route))
             continue
         if not weights:
-            raise ValueError(f"{side} layer {layer + 1} is configured 'learn' but has no {MIX_KEY} weights")
+            raise ValueError(f"{side} layer {layer + 1} is configured 'learn' but has no {MIX_NAME} weights")
         mean_tgt = sum(w for _, w in weights.values()) / len(weights)
         choices.append(LayerChoice(layer, weights, mean_tgt, "tgt" if mean_tgt > 0.5 else "src"))
     extra = sorted(layer for layer in per_layer if layer >= len(configured) or configured[layer] != "learn")
     if extra:
-        raise ValueError(f"{side} layer {extra[0] + 1} has {MIX_KEY} weights but is not configured 'learn'")
+        raise ValueError(f"{side} layer {extra[0] + 1} has {MIX_NAME} weights but is not configured 'learn'")
     return choices
 

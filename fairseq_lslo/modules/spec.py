@@ -6,18 +6,22 @@ It is parsed once from the command line, checked, and stored in every checkpoint
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
 from ..languages import LanguageInventory, LSLoConfigError, dumps_config, parse_ranks
+from .keys import bucket_owners
 from .lslo_linear import INITS, SCALINGS, LowRankBank, Span
 from .placement import default_routing, parse_positions, parse_routing
 
 #: 2: adds ffn_coverage, ffn_slice_offset, init and scaling (version 1 configs had none: they
 #: read as full coverage, init linear, scaling alpha, the only parameterisation of version 1)
 CONFIG_VERSION = 2
+#: a configuration with per-bank ranks (``bank_ranks``: a rank-pruned, compacted model) is written
+#: as version 3, so that a version that cannot build such banks refuses it instead of misreading it
+BANK_RANKS_VERSION = 3
 #: the model buffer (and state-dict key) that holds the configuration
 CONFIG_KEY = "lslo_config"
 
@@ -80,6 +84,9 @@ class LSLoSpec:
     init: str = "linear"
     scaling: str = "alpha"
     version: int = CONFIG_VERSION
+    #: bank path (``encoder.layers.0.fc1.lslo_src``) -> rank of each slot there, where it differs from
+    #: ``ranks`` / ``shared_rank``: the ranks rank pruning kept (0: none), written by compaction
+    bank_ranks: Dict[str, List[int]] = field(default_factory=dict)
 
     def __post_init__(self):
         for flag_dest, (name, choices) in PARAMETERISATION.items():
@@ -93,10 +100,10 @@ class LSLoSpec:
                 f"--lslo-ffn-slice-offset {self.ffn_slice_offset} needs --lslo-ffn-coverage slice "
                 "(full-width fc1/fc2 adapters have no slice)"
             )
-        if int(self.version) > CONFIG_VERSION:
+        if int(self.version) > BANK_RANKS_VERSION:
             raise LSLoConfigError(
                 f"LSLo configuration version {self.version} is newer than this fairseq-lslo reads "
-                f"({CONFIG_VERSION}); upgrade fairseq-lslo"
+                f"({BANK_RANKS_VERSION}); upgrade fairseq-lslo"
             )
 
     # --- construction -----------------------------------------------------------------
@@ -122,9 +129,11 @@ class LSLoSpec:
             )
         chosen = resolved_parameterisation(args)
         offset = getattr(args, "lslo_ffn_slice_offset", None)
+        # not a flag: set from an adapter file written from a rank-pruned model (fill_args_from_adapters)
+        bank_ranks = json.loads(getattr(args, "lslo_bank_ranks", None) or "{}")
         return cls(inventory.to_json(), ranks, alpha, shared_rank, sides["encoder"], sides["decoder"],
                    ffn_coverage=chosen["lslo_ffn_coverage"], ffn_slice_offset=int(offset or 0),
-                   init=chosen["lslo_init"], scaling=chosen["lslo_scaling"])
+                   init=chosen["lslo_init"], scaling=chosen["lslo_scaling"], bank_ranks=bank_ranks)
 
     @property
     def inventory(self) -> LanguageInventory:
@@ -170,18 +179,37 @@ class LSLoSpec:
             )
         return (full_in, (s, d_model)) if position == "fc1" else ((s, d_model), full_out)
 
-    def build_bank(self, kind: str, in_features: int, out_features: int, position: Optional[str] = None) -> LowRankBank:
+    def configured_ranks(self, kind: str) -> List[int]:
+        """The rank of each slot of a bank of ``kind`` as configured (before any rank pruning)."""
+        return [self.shared_rank] if kind == "shared" else list(self.ranks)
+
+    def slot_ranks(self, kind: str, bank: Optional[str] = None) -> List[int]:
+        """The rank of each slot of the bank at path ``bank`` (its kept ranks, if compacted)."""
+        return list(self.bank_ranks.get(bank, self.configured_ranks(kind))) if bank else self.configured_ranks(kind)
+
+    def slot_owners(self, kind: str) -> List[str]:
+        """Who owns each slot of a bank of ``kind``: the language codes, or ``shared`` for the one shared slot."""
+        return ["shared"] if kind == "shared" else self.codes
+
+    def bucket_owners(self, kind: str, bank: Optional[str] = None) -> Dict[int, List[str]]:
+        """Rank -> the owners of the rows of ``A{rank}``/``B{rank}`` in the bank at path ``bank``."""
+        return bucket_owners(self.slot_owners(kind), self.slot_ranks(kind, bank))
+
+    def build_bank(self, kind: str, in_features: int, out_features: int, position: Optional[str] = None,
+                   bank: Optional[str] = None) -> LowRankBank:
         """A language bank (src/tgt kind) or the single shared adapter of a host linear map
-        ``in_features -> out_features`` at ``position`` (fc1, q, cross_k, ...)."""
-        ranks = [self.shared_rank] if kind == "shared" else self.ranks
+        ``in_features -> out_features`` at ``position`` (fc1, q, cross_k, ...); ``bank`` is its path
+        (``encoder.layers.0.fc1.lslo_src``), which picks its kept ranks in a compacted model."""
         in_span, out_span = self.spans(position, in_features, out_features)
-        return LowRankBank(in_features, out_features, ranks, self.alpha, in_span=in_span, out_span=out_span,
-                           init=self.init, scaling=self.scaling)
+        return LowRankBank(in_features, out_features, self.slot_ranks(kind, bank), self.alpha, in_span=in_span,
+                           out_span=out_span, init=self.init, scaling=self.scaling,
+                           scale_ranks=self.configured_ranks(kind))
 
     # --- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict:
+        extra = {"bank_ranks": {k: list(v) for k, v in self.bank_ranks.items()}} if self.bank_ranks else {}
         return {
-            "version": self.version,
+            "version": max(int(self.version), BANK_RANKS_VERSION) if self.bank_ranks else self.version,
             "languages": self.languages,
             "ranks": self.ranks,
             "alpha": self.alpha,
@@ -192,6 +220,7 @@ class LSLoSpec:
             "ffn_slice_offset": self.ffn_slice_offset,
             "init": self.init,
             "scaling": self.scaling,
+            **extra,
         }
 
     @classmethod
@@ -209,6 +238,7 @@ class LSLoSpec:
             scaling=str(d.get("scaling", _LEGACY["scaling"])),
             # read as the current version: the keys version 1 lacked are filled with what it meant
             version=max(int(d.get("version", 1)), CONFIG_VERSION),
+            bank_ranks={str(k): [int(r) for r in v] for k, v in d.get("bank_ranks", {}).items()},
         )
 
     def to_tensor(self) -> torch.Tensor:
@@ -241,4 +271,9 @@ class LSLoSpec:
             for key in ("positions", "routing"):
                 if a[side][key] != b[side][key]:
                     out.append(f"{side} {key}: {a[side][key]} vs {b[side][key]}")
+        if self.bank_ranks != other.bank_ranks:
+            differ = sorted(k for k in set(self.bank_ranks) | set(other.bank_ranks)
+                            if self.bank_ranks.get(k) != other.bank_ranks.get(k))
+            out.append(f"kept ranks after rank pruning (bank_ranks) differ in {len(differ)} banks, e.g. {differ[0]}: "
+                       f"{self.bank_ranks.get(differ[0], 'as configured')} vs {other.bank_ranks.get(differ[0], 'as configured')}")
         return out

@@ -15,25 +15,21 @@ every inner step
 inner optimizer fp32 *copies* (one flat tensor by default; a list of copies in
 ``model.parameters()`` order with ``--bf16`` or ``--fp16-no-flatten-grads``), while
 ``--memory-efficient-fp16/bf16`` and ``--amp`` hand over the model's own parameters.  An
-LSLo model publishes itself when it is built (:func:`publish_prunable`); its trainable
-parameters are exactly its LSLo parameters, in ``model.parameters()`` order, which is the
-order fairseq uses.  The wrapper maps its parameter space onto that list: the same objects,
+LSLo model built by a task is listed for this when the task starts driving its clock
+(:mod:`.training_clock`); its trainable parameters are exactly its LSLo parameters, in
+``model.parameters()`` order, which is the order fairseq uses.  The wrapper maps its parameter space onto that list: the same objects,
 or shaped copies in the same order, or one flat tensor laid out in that order; sizes must
 fit and copies must hold the same values as the model (checked once), else it stops with
 an error.  Trailing parameters (e.g. a criterion's) are optimized but never pruned.  The
 fp16 wrappers copy the zeroed fp32 weights back into the model after the step.
 
-**Which update is it?**  fairseq calls ``model.set_num_updates(n)`` before every forward
-(``n`` = updates done so far) and when it loads a checkpoint; the model keeps it, so a step
-completes update ``n + 1``.  Skipped steps (fp16/AMP overflow) do not count, exactly as in
-fairseq.
-
-**Which epoch is it?**  With ``--lslo-prune-unit epochs`` the schedule runs on fairseq's own
-epoch numbers: fairseq-train tells the model when an epoch begins (via the task's
-``begin_epoch``, :mod:`fairseq_lslo.modules.epochs`), including the epoch it resumes in, and the
-model calls :meth:`LSLoPruningOptimizer.begin_epoch`, which recomputes the masks before the
-epoch's first batch.  A run resumed in the middle of an epoch does not recompute them: the
-epoch whose masks were last computed is part of the saved state.
+**Which update, which epoch?**  Both come from the model's :class:`~.training_clock.TrainingClock`,
+which fairseq-train's task drives (:mod:`.training_clock`, the one channel): before every step the
+clock holds ``n``, the updates done, so the step completes update ``n + 1`` (skipped fp16/AMP
+steps do not count, exactly as in fairseq); at every epoch start it calls
+:meth:`LSLoPruningOptimizer.begin_epoch`, which, with ``--lslo-prune-unit epochs``, recomputes the
+masks before the epoch's first batch.  A run resumed in the middle of an epoch does not recompute
+them: the epoch whose masks were last computed is part of the saved state.
 
 **Where is the state saved?**  fairseq's wrappers save different things: FP16Optimizer and
 MemoryEfficientFP16Optimizer save this wrapper's ``state_dict()``, AMPOptimizer saves the
@@ -64,19 +60,19 @@ from fairseq.optim import (
 from omegaconf import OmegaConf
 
 from ..languages import LSLoConfigError
-from ..modules.epochs import current_epoch, listen_to_epochs
 from ..modules.pruning import (
     FACTOR_CHOICES,
     SCOPES,
     SHARED,
+    STRUCTURES,
     UNITS,
     PruneReport,
     PruneSchedule,
     PruningPlan,
     parse_sparsity,
-    published_models,
     trainable_parameters,
 )
+from .training_clock import TrainingClock, clock_of, trained_models
 
 logger = logging.getLogger(__name__)
 
@@ -171,8 +167,15 @@ class LSLoPruningOptimizer(LegacyFairseqOptimizer):
                             help="one magnitude threshold per language over all its layers (language, the "
                                  "default) or per transformer layer over all languages (layer)")
         parser.add_argument("--lslo-prune-factors", choices=list(FACTOR_CHOICES), default="AB",
-                            help="which LoRA factors are pruned: A, B or both (AB, the default; one joint threshold); "
-                                 "the reference implementation prunes B only")
+                            help="which LoRA factors are pruned: A, B or both (AB, the default: an entry's score is "
+                                 "the norm of the part of the update it carries, |A[k,j]| ||B[:,k]|| or |B[o,k]| "
+                                 "||A[k,:]||, so neither factor is pruned first for its scale); A or B alone: by "
+                                 "magnitude. The reference implementation prunes B only")
+        parser.add_argument("--lslo-prune-structure", choices=list(STRUCTURES), default="element",
+                            help="what one pruning decision removes: one weight (element, the default) or a "
+                                 "whole rank component of a language, a row of A with its column of B (rank, "
+                                 "scored by ||A[k,:]|| ||B[:,k]||; needs --lslo-prune-factors AB): the kept "
+                                 "ranks shrink, and lslo-export writes the smaller adapters")
         add_inner_optimizer_args(parser)
 
     def __init__(self, args, params, model: Optional[nn.Module] = None):
@@ -191,12 +194,12 @@ class LSLoPruningOptimizer(LegacyFairseqOptimizer):
         self._has_pruned: Optional[bool] = None
         self.last_report: Optional[PruneReport] = None
         s = self.plan.schedule
-        if s.unit == "epochs":
-            listen_to_epochs(self.model, self.begin_epoch)
+        self.clock: TrainingClock = clock_of(self.model)
+        self.clock.on_epoch(self.begin_epoch)
         logger.info(
-            "LSLo pruning: %s around %s on %d tensors (%d units, scope %s, factors %s); sparsity %s "
-            "from %s %d to %d, masks every %d %s%s",
-            NAME, inner_name, len(self.plan.tensors), len(self.plan.units), s.scope, s.factors,
+            "LSLo pruning: %s around %s on %d tensors (%d units, scope %s, factors %s, structure %s); "
+            "sparsity %s from %s %d to %d, masks every %d %s%s",
+            NAME, inner_name, len(self.plan.tensors), len(self.plan.units), s.scope, s.factors, s.structure,
             ",".join(f"{g}:{v:g}" for g, v in s.final.items()), s.unit[:-1], s.start, s.end, s.interval, s.unit,
             " (at the start of the epoch)" if s.unit == "epochs" else "",
         )
@@ -313,9 +316,14 @@ class LSLoPruningOptimizer(LegacyFairseqOptimizer):
 
     # --- the step -----------------------------------------------------------------------
     def current_update(self) -> int:
-        """The update this step completes (1-based), from the count fairseq gives the model."""
-        done = getattr(self.model, "lslo_num_updates", None)
-        return int(done) + 1 if done is not None else int(self.pruning_state["steps"]) + 1
+        """The update this step completes (1-based), from the clock fairseq's task drives."""
+        if self.clock.updates_done is None:
+            raise LSLoConfigError(
+                f"--optimizer {NAME}: the update number was never told. fairseq-train tells it through the task "
+                "that built the model (task.optimizer_step); elsewhere call clock_of(model).before_step(updates_done) "
+                "before each optimizer step (fairseq_lslo/optim/training_clock.py)"
+            )
+        return self.clock.updates_done + 1
 
     @torch.no_grad()
     def begin_epoch(self, epoch: int) -> None:
@@ -338,14 +346,14 @@ class LSLoPruningOptimizer(LegacyFairseqOptimizer):
         self._write_state(epoch=int(epoch))
 
     def _catch_up_epoch(self) -> None:
-        epoch = current_epoch(self.model)
+        epoch = self.clock.epoch
         if epoch is None:
             raise LSLoConfigError(
                 "--lslo-prune-unit epochs: the model was never told the epoch. fairseq-train tells it through "
-                "the task that built it (task.begin_epoch); elsewhere call model.set_epoch(epoch) at each epoch "
-                "start, or give the schedule in updates (--lslo-prune-unit updates)"
+                "the task that built it (task.begin_epoch); elsewhere call clock_of(model).begin_epoch(epoch) at "
+                "each epoch start, or give the schedule in updates (--lslo-prune-unit updates)"
             )
-        if self.pruning_state.get("epoch") != epoch:  # the epoch began before this optimizer listened
+        if self.pruning_state.get("epoch") != epoch:  # the epoch began before this optimizer was built
             self.begin_epoch(epoch)
 
     def step(self, closure=None, scale=1.0, groups=None):
@@ -457,8 +465,8 @@ def build_inner_optimizer(args, name: str, params: List[Tensor]):
 
 
 def bind_model(params: List[Tensor], model: Optional[nn.Module]):
-    """The published LSLo model whose trainable parameters ``params`` are (or copy)."""
-    candidates = [model] if model is not None else published_models()
+    """The LSLo model (one a task trains, see training_clock) whose trainable parameters ``params`` are (or copy)."""
+    candidates = [model] if model is not None else trained_models()
     if not candidates:
         raise LSLoConfigError(f"--optimizer {NAME} prunes LSLo weights: use it with --arch lslo_* models")
     found, reasons = [], []
@@ -524,6 +532,7 @@ def schedule_from_args(args, model: nn.Module) -> PruneSchedule:
         scope=getattr(args, "lslo_prune_scope", "language"),
         factors=getattr(args, "lslo_prune_factors", "AB"),
         unit=unit,
+        structure=getattr(args, "lslo_prune_structure", None) or "element",
     )
 
 
@@ -535,10 +544,28 @@ def log_report(report: PruneReport, updates_done: int) -> None:
         for g in report.target
     ]
     if report.unit == "epochs":
-        logger.info("LSLo pruning at the start of epoch %d (%d updates done): %s", report.update, updates_done,
-                    "; ".join(parts))
+        when = f"at the start of epoch {report.update} ({updates_done} updates done)"
     else:
-        logger.info("LSLo pruning at update %d: %s", report.update, "; ".join(parts))
+        when = f"at update {report.update}"
+    logger.info("LSLo pruning %s: %s", when, "; ".join(parts))
+    log_dead_adapters(report, when)
+
+
+def log_dead_adapters(report: PruneReport, when: str) -> None:
+    """A WARNING for every language this mask update left without an update in some (or all) adapters."""
+    for owner, (names, total) in report.newly_dead.items():
+        dead = report.dead.get(owner, len(names))
+        who = "the shared adapter" if owner == SHARED else f"language {owner}"
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        if dead >= total:
+            logger.warning(
+                "LSLo pruning %s: %s carries no update any more: in every one of its %d adapters all of B or "
+                "all of A (every rank component) is pruned, so it translates like the base model "
+                "(now: %s). Lower its --lslo-sparsity, or see docs/pruning.md", when, who, total, shown)
+        else:
+            logger.warning(
+                "LSLo pruning %s: %s carries no update any more in %d of its %d adapters (all of B or all of A "
+                "pruned there): %s", when, who, dead, total, shown)
 
 
 def log_metrics(report: PruneReport) -> None:

@@ -48,7 +48,7 @@ def directions(rows: List[LangRow]) -> List[str]:
 
 
 def main() -> None:
-    """``python -m data_prep.langsets FILE [pairs|codes|groups]``: print for shell scripts."""
+    """``python -m lslo_data_prep.langsets FILE [pairs|codes|groups]``: print for shell scripts."""
     import sys
 
     path, what = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "pairs")

@@ -1,6 +1,6 @@
 """Estimate fairseq updates per epoch on prepared data (to express epoch-based schedules in updates).
 
-    python -m data_prep.epoch_size DATA/bin --max-tokens 4000 --update-freq 4 --world-size 8 \\
+    python -m lslo_data_prep.epoch_size DATA/bin --max-tokens 4000 --update-freq 4 --world-size 8 \\
         [--sampling-method temperature --sampling-temperature 5] [--virtual-epoch-size N]
 
 Builds the epoch the way ``translation_multi_simple_epoch`` does and batches it with fairseq's own
@@ -150,7 +150,7 @@ def updates_per_epoch(data: str, max_tokens: int, update_freq: int = 1, world_si
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data_prep.epoch_size", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m lslo_data_prep.epoch_size", description=__doc__.split("\n\n")[0])
     p.add_argument("data", help="prepared fairseq data folder (OUT/bin)")
     p.add_argument("--max-tokens", type=int, required=True)
     p.add_argument("--update-freq", type=int, default=1)

@@ -171,7 +171,7 @@ def bench_evaluate(dims: dict, langs: Sequence[str], lslo_langs: str, ranks: str
             same = same and results["one_process"] == results["per_direction"]
         import statistics
 
-        from .bench import Timings
+        from bench.speed import Timings
 
         med = {k: statistics.median(v) for k, v in rounds.items()}
         return {

@@ -1,6 +1,6 @@
 """Split, SentencePiece-encode and binarize FLORES-101 for ``translation_multi_simple_epoch``.
 
-    python -m data_prep.prepare --langs data_prep/langs/lang12.tsv \
+    python -m lslo_data_prep.prepare --langs lslo_data_prep/langs/lang12.tsv \
         --flores-dir DIR/flores101_dataset --model-dir DIR/flores101_mm100_615M --out OUT
 
 Steps (each skipped when its stamp in ``OUT/.stamps`` matches its inputs):

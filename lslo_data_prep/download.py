@@ -1,7 +1,7 @@
 """Fetch and unpack the FLORES-101 dataset or the FLORES-101 M2M checkpoint archive.
 
-    python -m data_prep.download flores --dest DIR            # -> DIR/flores101_dataset/
-    python -m data_prep.download model --size 615M --dest DIR # -> DIR/flores101_mm100_615M/
+    python -m lslo_data_prep.download flores --dest DIR            # -> DIR/flores101_dataset/
+    python -m lslo_data_prep.download model --size 615M --dest DIR # -> DIR/flores101_mm100_615M/
 
 Downloads resume from ``NAME.part`` with HTTP Range requests and show a progress bar.
 ``--archive FILE`` (or ``FLORES_ARCHIVE`` / ``MODEL_ARCHIVE``) takes a local archive instead,

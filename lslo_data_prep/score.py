@@ -1,6 +1,6 @@
 """Score fairseq-generate outputs per direction: spBLEU and chrF++ with sacrebleu.
 
-    python -m data_prep.score --data DATA/bin --raw DATA/raw --gen-dir EVAL/gen --out-dir EVAL
+    python -m lslo_data_prep.score --data DATA/bin --raw DATA/raw --gen-dir EVAL/gen --out-dir EVAL
 
 Reads ``GEN_DIR/{src}-{tgt}.gen`` (fairseq-generate output with ``--remove-bpe sentencepiece``)
 and the plain references ``RAW/test.{tgt}``.  spBLEU uses sacrebleu's ``flores101`` tokenizer,
@@ -153,7 +153,7 @@ def heatmap(rows: List[dict], langs: List[LangRow], path: str) -> None:
 def score(data: str, raw: str, gen_dir: str, out_dir: str, spm_model: Optional[str], pairs: Optional[List[str]],
           split: str = "test", expect: Optional[dict] = None) -> List[dict]:
     """Score every direction and write the tables; ``expect``: the model identity every hypothesis file
-    must record (see data_prep.hypotheses).  Everything is checked before anything is written."""
+    must record (see lslo_data_prep.hypotheses).  Everything is checked before anything is written."""
     langs = read_langset(os.path.join(data, "langs.tsv"))
     wanted = pairs or directions(langs)
     group = check_directions(data, raw, wanted, split)

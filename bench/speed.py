@@ -1,7 +1,7 @@
 """``make bench``: speed and memory of LSLo, each figure a ratio measured side by side in one process.
 
-    python -m fairseq_lslo.bench                 # CPU -> results/bench/bench.json
-    python -m fairseq_lslo.bench --device cuda   # GPU -> results/bench/bench-gpu.json
+    python -m bench.speed                 # CPU -> results/bench/bench.json
+    python -m bench.speed --device cuda   # GPU -> results/bench/bench-gpu.json
 
 Every timed figure is median(ours) / median(reference) over interleaved repeats after
 warm-up; the JSON also gives the quartiles of the same ratio taken round by round (the two
@@ -138,7 +138,7 @@ def build_models(dims: dict, task: BenchTask, device: torch.device, seed: int = 
     """(plain transformer with full fine-tuning, LSLo model on the same base weights)."""
     from fairseq.models.transformer import TransformerModel, base_architecture
 
-    from .models.lslo_transformer import LSLoTransformerModel, lslo_base_architecture
+    from fairseq_lslo.models.lslo_transformer import LSLoTransformerModel, lslo_base_architecture
 
     torch.manual_seed(seed)
     plain_args = model_args(dims, lslo=False)
@@ -194,8 +194,8 @@ def move(obj, device):
 # --- (1), (2): one LSLo layer --------------------------------------------------------------
 def bench_module(device: torch.device, clock: Clock, repeats: int, warmup: int) -> dict:
     """fc1 of M2M-615M (1024 -> 4096), 64 sentences x 32 tokens over 12 languages."""
-    from .modules.lslo_linear import LowRankBank, LSLoLinear
-    from .modules.routing import BatchLanguages, LanguageRouter
+    from fairseq_lslo.modules.lslo_linear import LowRankBank, LSLoLinear
+    from fairseq_lslo.modules.routing import BatchLanguages, LanguageRouter
 
     T, N, d_in, d_out = 32, 64, 1024, 4096
     torch.manual_seed(0)
@@ -330,7 +330,7 @@ def bench_generation(dims: dict, batch: int, src_len: int, out_len: int, beam: i
     from fairseq.models.transformer import TransformerModel, base_architecture
     from fairseq.sequence_generator import SequenceGenerator
 
-    from .cli.merge import merge_model_state
+    from fairseq_lslo.deploy.merge import merge_model_state
 
     task = BenchTask(dims["vocab"], target_lang="de")
     base, lslo = build_models(dims, task, device)
@@ -423,7 +423,7 @@ def run(device: torch.device, quick: bool, evaluate_only: bool = False) -> dict:
     t0 = time.time()
     if not evaluate_only:
         run_speed_figures(device, clock, r, train_dims, collect, results, t0)
-    from .bench_eval import bench_evaluate
+    from bench.evaluate_speed import bench_evaluate
 
     # the generation benchmark's model and sizes, 12 directions of the 12 languages
     collect(bench_evaluate(train_dims, [c for c, _ in LANGS], lang_codes(), rank_spec(), n_directions=12,
@@ -435,7 +435,7 @@ def run(device: torch.device, quick: bool, evaluate_only: bool = False) -> dict:
         "device": device_name(device),
         "clock": clock.name if not evaluate_only else results["evaluate_seconds"]["clock"],
         "torch": torch.__version__,
-        "command": " ".join(["python -m fairseq_lslo.bench"] + sys.argv[1:]),
+        "command": " ".join(["python -m bench.speed"] + sys.argv[1:]),
         "seconds": round(time.time() - t0, 1),
         "load_average_1_5_15_min": {"before": load_before, "after": load_average()},
         "method": "each figure: median over interleaved repeats (rotating order) after warm-up, in one process; "
@@ -474,7 +474,7 @@ def table(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fairseq_lslo.bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--out", default=None, help="JSON output (default: results/bench/bench.json, "
                                                 "results/bench/bench-gpu.json on cuda)")
@@ -493,7 +493,7 @@ def main(argv=None) -> int:
     name = "bench-evaluate" if args.evaluate_only else "bench"
     out = args.out or os.path.join("results", "bench", f"{name}-gpu.json" if device.type == "cuda" else f"{name}.json")
     report = run(device, args.quick, args.evaluate_only)
-    from .checkpoint_io import atomic_write
+    from fairseq_lslo.checkpoint_io import atomic_write
 
     atomic_write(out, lambda f: f.write((json.dumps(report, indent=2, default=str) + "\n").encode("utf-8")))
     print(table(report))

@@ -1,0 +1,1 @@
+"""Benchmarks and machine checks (``make bench``, ``make soak``, ``make gpu-check``); not installed."""

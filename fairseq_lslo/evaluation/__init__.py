@@ -1,0 +1,1 @@
+"""Evaluation: decode many directions with one model load (decode) and the lslo-evaluate run (run)."""
