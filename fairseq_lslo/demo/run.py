@@ -137,6 +137,10 @@ def run_logged(cmd: List[str], log: str, threads: int) -> float:
     return time.time() - t0
 
 
+def _without_save_dir(cmd: List[str]) -> List[str]:
+    return [x for i, x in enumerate(cmd) if x != "--save-dir" and (i == 0 or cmd[i - 1] != "--save-dir")]
+
+
 def kind_of(method: Method) -> str:
     if not method.trains:
         return "base"
@@ -248,6 +252,22 @@ def main(argv=None) -> int:
             if r.method.trains else []
         return {"train": train, "base": pre["done"], "beam": cfg.beam, "demo": cfg.name}
 
+    def same_run_of_base_size(key: Dict) -> Optional[Dict]:
+        """The stamp of a run of the size whose base this one shares that trained exactly the same way
+        (the same command but for the save folder, the same base model and beam), if its outputs exist."""
+        if base_work == work:
+            return None
+        stamps = os.path.join(base_work, "stamps", "runs")
+        for f in sorted(os.listdir(stamps)) if os.path.isdir(stamps) else []:
+            other = _read_json(os.path.join(stamps, f))
+            if not other or not os.path.isdir(os.path.join(base_work, "hyp", f[:-5])):
+                continue
+            ok = {k: v for k, v in other["key"].items() if k not in ("train", "demo")}
+            mine = {k: v for k, v in key.items() if k not in ("train", "demo")}
+            if ok == mine and _without_save_dir(other["key"]["train"]) == _without_save_dir(key["train"]):
+                return {**other, "from": f[:-5]}
+        return None
+
     def one_run(r: Run) -> Dict:
         """Fine-tune (unless the base), decode every direction, count parameters; one stamp per run."""
         stamp = os.path.join(run_stamps, f"{r.name}.json")
@@ -257,6 +277,16 @@ def main(argv=None) -> int:
             return {**saved, "reused": True}
         if a.report_only:
             return {}
+        same = None if a.force else same_run_of_base_size(key)
+        if same is not None:  # e.g. the pruning study's LSLo 1/1/4 is the default size's LSLo: take its outputs
+            hyp = os.path.join(work, "hyp", r.name)
+            shutil.rmtree(hyp, ignore_errors=True)
+            shutil.copytree(os.path.join(base_work, "hyp", same["from"]), hyp)
+            done = {"key": key, "result": {**same["result"], "same_as": f"{cfg.shares_base_of}/{same['from']}"},
+                    "done": time.time()}
+            _write_json(stamp, done)
+            print(f"    {r.name}: the same run as {cfg.shares_base_of}'s {same['from']}: its outputs reused", flush=True)
+            return {**done, "reused": True}
         result: Dict = {"train_seconds": None}
         if r.method.trains:
             save = os.path.join(ckpt_dir, r.name)
