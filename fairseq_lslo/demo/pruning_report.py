@@ -71,8 +71,11 @@ def markdown(summary: Dict, methods: Sequence[Method]) -> str:
 
 
 def plot(path: str, summary: Dict) -> None:
+    import logging
+
     import matplotlib
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -80,6 +80,19 @@ def study_methods(cfg: DemoConfig, with_structure: bool) -> List[Method]:
 
 PRIORITY = ("rank_today", "shared17", "prune50", "rank_half", "prune75", "prune50_rank", "prune75_rank", "prune90",
             "rank_double", "prune75_b", "prune75_long", "prune75_layer", "shared8", "shared3")
+#: the second seeds that start early (right after the first seed's core runs): the core comparison
+#: (today's ranks against pruning to the same count) gets its spread before the rest of the grid
+EARLY_SECOND_SEEDS = ("rank_today", "prune50", "prune50_rank")
+
+
+def run_order(name: str, method: str, seed_index: int) -> tuple:
+    """Sort key of a run (``seed_index``: 0 for the method's first seed)."""
+    pos = PRIORITY.index(method) if method in PRIORITY else -1
+    if seed_index == 0:
+        return (0 if pos < PRIORITY.index("prune75_rank") else 2, pos)
+    if method in EARLY_SECOND_SEEDS:
+        return (1, pos)
+    return (3 + seed_index, pos)
 
 
 def family_of(name: str) -> str:

@@ -131,8 +131,11 @@ def write_json(path: str, summary: Dict) -> None:
 
 
 def plot_bleu(path: str, summary: Dict) -> None:
+    import logging
+
     import matplotlib
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -155,8 +158,11 @@ def plot_bleu(path: str, summary: Dict) -> None:
 
 def plot_sparsity(path: str, curve: List[Dict]) -> None:
     """``curve``: [{'update': n, 'groups': {group: sparsity}}, ...] of the pruning run."""
+    import logging
+
     import matplotlib
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -205,7 +205,12 @@ def main(argv=None) -> int:
         os.makedirs(d, exist_ok=True)
     notes: List[str] = []
     methods = methods_of(cfg, notes)
-    runs = runs_of(methods, cfg.seed, cfg.study_seeds, seed_major=cfg.name == "pruning")
+    runs = runs_of(methods, cfg.seed, cfg.study_seeds)
+    if cfg.name == "pruning":  # the core comparison first, with both seeds: the clock may cut a study short
+        from .pruning_study import run_order
+
+        runs.sort(key=lambda r: run_order(r.name, r.method.name, list(cfg.study_seeds).index(r.seed)
+                                          if r.method.study else 0))
     stages = Stages(a.force, total=6)
     t_start = time.time()
     print(f"LSLo demo '{cfg.name}': {len(cfg.langs)} languages, {len(cfg.langs) * (len(cfg.langs) - 1)} directions, "
