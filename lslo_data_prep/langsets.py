@@ -48,7 +48,7 @@ def directions(rows: List[LangRow]) -> List[str]:
 
 
 def main() -> None:
-    """``python -m lslo_data_prep.langsets FILE [pairs|codes|groups]``: print for shell scripts."""
+    """``python -m lslo_data_prep.langsets FILE [pairs|codes|spec|name]``: print for shell scripts."""
     import sys
 
     path, what = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "pairs")
@@ -59,8 +59,22 @@ def main() -> None:
         print(",".join(r.code for r in rows))
     elif what == "spec":
         print(",".join(f"{r.code}:{r.group}" for r in rows))
+    elif what == "name":
+        print(set_name(path, rows))
     else:
-        raise SystemExit(f"unknown output {what!r}: pairs, codes or spec")
+        raise SystemExit(f"unknown output {what!r}: pairs, codes, spec or name")
+
+
+def set_name(path: str, rows: List[LangRow]) -> str:
+    """A folder name for a language set: the file's name and a hash of its languages, codes, FLORES
+    codes and groups in order (two different inventories never get the same name)."""
+    import hashlib
+    import os
+
+    stem = os.path.basename(path)
+    stem = stem[:-4] if stem.endswith(".tsv") else stem
+    digest = hashlib.sha1("\n".join(f"{r.code}\t{r.flores}\t{r.group}" for r in rows).encode("utf-8")).hexdigest()
+    return f"{stem}-{len(rows)}langs-{digest[:8]}"
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import sys
 from typing import Dict, List, Optional
 
 from .fsutil import atomic_write_text, sha256_file
-from .hypotheses import check_same_model, model_identity
+from .hypotheses import check_same_model, describe, model_identity
 from .langsets import DataPrepError, LangRow, directions, read_langset
 
 
@@ -120,8 +120,11 @@ def group_table(rows: List[dict], groups: List[str], metric: str) -> List[str]:
 
 
 def heatmap(rows: List[dict], langs: List[LangRow], path: str) -> None:
+    import logging
+
     import matplotlib
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq/hydra leave the root logger at DEBUG
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -162,7 +165,7 @@ def score(data: str, raw: str, gen_dir: str, out_dir: str, spm_model: Optional[s
     for pair, gen in zip(wanted, gens):
         if not os.path.isfile(gen):
             raise DataPrepError(f"{gen} is missing: direction {pair} was not decoded")
-    check_same_model(gens, expect)
+    model = check_same_model(gens, expect)
     cache_path = os.path.join(out_dir, "scores.cache.json")
     cache = read_cache(cache_path)
     tokenizer_id = f"spm:{sha256_file(spm_model)}" if spm_model else "sacrebleu:flores101"
@@ -194,6 +197,8 @@ def score(data: str, raw: str, gen_dir: str, out_dir: str, spm_model: Optional[s
     tokenizer = f"local SentencePiece model {spm_model}, --tokenize none" if spm_model else "sacrebleu flores101"
     md = [f"# FLORES-101 {split}: {len(rows)} directions", "",
           f"spBLEU ({tokenizer}) and chrF++ (word order 2), averaged over directions; (n) = directions.", ""]
+    if model is not None:  # which model decoded every direction (e.g. checkpoint_last.pt of a pruning run)
+        md[1:1] = ["", f"Decoded by: {describe(model)}."]
     md += group_table(rows, groups, "spBLEU") + [""] + group_table(rows, groups, "chrF++") + [""]
     atomic_write_text(os.path.join(out_dir, "scores.md"), "\n".join(md))
     heatmap(rows, langs, os.path.join(out_dir, "heatmap.png"))
