@@ -122,9 +122,10 @@ def group_table(rows: List[dict], groups: List[str], metric: str) -> List[str]:
 def heatmap(rows: List[dict], langs: List[LangRow], path: str) -> None:
     import logging
 
+    # fairseq/hydra leave the root logger at DEBUG: matplotlib's import and font search would log ~230 lines
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib
 
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq/hydra leave the root logger at DEBUG
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

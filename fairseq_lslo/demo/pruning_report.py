@@ -40,26 +40,27 @@ def markdown(summary: Dict, methods: Sequence[Method]) -> str:
              f"for the same updates; seeds {', '.join(map(str, summary['study']['seeds']))}.", "",
              "BLEU: sacrebleu corpus BLEU on the fine-tuning test set averaged over the directions into each resource "
              "group and over all directions; mean over the seeds"
-             + (" (min-max)" if n > 1 else "") + ". Non-zero: LSLo (or shared LoRA) parameters left non-zero at the "
+             + (" (min-max) where a row has more than one" if n > 1 else "") + ". Non-zero: LSLo (or shared LoRA) parameters left non-zero at the "
              "end of the run (mean over the seeds), in all and per group of languages (a shared adapter has no "
              "group). `*`: on the Pareto front of that column (no other row has at most as many non-zero "
              "parameters and at least as much BLEU).", ""]
     if base:
         lines += [f"Base model, no fine-tuning: BLEU " + ", ".join(
             f"{g} {base['bleu']['groups'][g]:.1f}" for g in groups) + f", all {base['bleu']['overall']:.1f}.", ""]
-    head = ["method", "non-zero", *[f"non-zero {g}" for g in groups], *[f"BLEU {g}" for g in groups], "BLEU all"]
+    head = ["method", "seeds", "non-zero", *[f"non-zero {g}" for g in groups], *[f"BLEU {g}" for g in groups],
+            "BLEU all"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def cell(r, g):
         pick = (lambda d: d["overall"]) if g is None else (lambda d: d["groups"][g])
         star = "*" if r["name"] in fronts[g] else ""
-        if n == 1:
+        if len(r["seeds"]) == 1:
             return f"{pick(r['mean']):.1f}{star}"
         return f"{pick(r['mean']):.1f}{star} ({pick(r['min']):.1f}-{pick(r['max']):.1f})"
 
     for r in table:
         per_group = [f"{r['nonzero_groups'][g]:,.0f}" if g in r["nonzero_groups"] else "-" for g in groups]
-        lines.append("| " + " | ".join([r["label"], f"{r['nonzero']:,.0f}", *per_group,
+        lines.append("| " + " | ".join([r["label"], ",".join(map(str, r["seeds"])), f"{r['nonzero']:,.0f}", *per_group,
                                         *[cell(r, g) for g in groups], cell(r, None)]) + " |")
     lines.append("")
     for note in summary.get("notes", []):
@@ -73,9 +74,9 @@ def markdown(summary: Dict, methods: Sequence[Method]) -> str:
 def plot(path: str, summary: Dict) -> None:
     import logging
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # (before its import, which logs too)
     import matplotlib
 
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -83,7 +84,6 @@ def plot(path: str, summary: Dict) -> None:
     groups = [g for g in GROUP_ORDER if g in summary["groups"].values()]
     panels = [*groups, None]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.1), sharex=True)
-    base = summary["methods"].get("base")
     for ax, g in zip(axes, panels):
         pick = (lambda d: d["overall"]) if g is None else (lambda d: d["groups"][g])
         for fam, label in FAMILIES.items():
@@ -100,8 +100,6 @@ def plot(path: str, summary: Dict) -> None:
         if front:
             ax.step([x for x, _ in front], [y for _, y in front], where="post", color="grey", linewidth=0.8,
                     linestyle=":")
-        if base:
-            ax.axhline(pick(base["bleu"]), color="grey", linewidth=0.8, linestyle="--")
         ax.set_xscale("log")
         ax.set_title(f"into {g}" if g else "all directions", fontsize=9)
         ax.set_xlabel("non-zero adapter parameters", fontsize=8)
@@ -109,8 +107,8 @@ def plot(path: str, summary: Dict) -> None:
     axes[0].set_ylabel("BLEU (mean over seeds)", fontsize=8)
     handles, labels = axes[-1].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
-    fig.suptitle("pruning study: BLEU against non-zero parameters (dashed: base model; dotted: Pareto front)",
-                 fontsize=9)
+    fig.suptitle("pruning study: BLEU against non-zero adapter parameters (dotted: the Pareto front; bars: "
+                 "min-max over the seeds)", fontsize=9)
     fig.tight_layout(rect=(0, 0.12, 1, 0.95))
     fig.savefig(path, dpi=80)
     plt.close(fig)

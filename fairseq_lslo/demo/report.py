@@ -133,9 +133,9 @@ def write_json(path: str, summary: Dict) -> None:
 def plot_bleu(path: str, summary: Dict) -> None:
     import logging
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # (before its import, which logs too)
     import matplotlib
 
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -160,9 +160,9 @@ def plot_sparsity(path: str, curve: List[Dict]) -> None:
     """``curve``: [{'update': n, 'groups': {group: sparsity}}, ...] of the pruning run."""
     import logging
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # (before its import, which logs too)
     import matplotlib
 
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
