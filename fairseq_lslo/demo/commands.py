@@ -39,7 +39,7 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
     Method("lslo_paper", "LSLo, reference parameterisation", "lslo_transformer", "language", preset="paper",
            study=True),
     Method("lslo_paper_pruned", "LSLo + gradual pruning, reference parameterisation", "lslo_transformer",
-           "language", prune=True, preset="paper", study=True),
+           "language", prune=True, preset="paper", study=True, snapshots=True),
 )}
 
 

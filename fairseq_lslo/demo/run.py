@@ -169,7 +169,8 @@ def default_out(name: str) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fairseq_lslo.demo", description="\n\n".join(__doc__.split("\n\n")[:2]),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--demo", choices=sorted(CONFIGS), default="default",
                    help="what to run: default (the methods comparison), study (the parameterisation study), "
                         "pruning (the pruning study), tiny (a small variant for the tests) (default: default)")
