@@ -103,12 +103,12 @@ def test_pruning_study_grid_matches_parameter_counts():
     assert diff("prune75", "prune75_b") == [("AB", "B")]
     assert diff("prune75", "prune75_layer") == [("language", "layer")]
     assert diff("prune75", "prune90") == [("0.75", "0.9")]
-    assert cmd["prune50_rank"][-2:] == ["--lslo-prune-structure", "rank"]
+    i = cmd["prune50_rank"].index("--lslo-prune-structure")
+    assert cmd["prune50_rank"][i + 1] == "rank" and cmd["prune50_rank"][:i] + cmd["prune50_rank"][i + 2:] == cmd["prune50"]
     long, today = grid["prune75_long"].pruning, grid["prune75"].pruning
     assert long.end < today.end and cfg.finetune.updates - long.end > cfg.finetune.updates - today.end
-    assert "--lslo-shared-rank" not in cmd["shared17"] and cmd["shared8"][-2:] != ["--lslo-shared-rank", "8"]
+    assert "--lslo-shared-rank" not in cmd["shared17"]
     assert cmd["shared8"][cmd["shared8"].index("--lslo-shared-rank") + 1] == "8"
-    assert "study" not in "".join(cmd["rank_today"])
     # the Pareto front: nothing with fewer parameters and more BLEU
     assert sorted(pareto_front({"a": (10, 30.0), "b": (20, 29.0), "c": (20, 35.0), "d": (5, 20.0)})) == ["a", "c", "d"]
 
