@@ -16,14 +16,14 @@ DEMO_ARGS ?=
 .PHONY: install test demo bench soak clean help flores12 flores30 gpu-wheels gpu-check gpu-site
 
 help:
-	@echo "make demo     run the main job on the embedded synthetic benchmark (CPU, minutes; DEMO=tiny|default)"
-	@echo "make test     run the test suite (installs first if needed)"
+	@echo "make demo     the whole method on the embedded synthetic benchmark, on a CPU (DEMO=tiny|default; docs/demo.md)"
+	@echo "make test     the test suite (installs first if needed)"
 	@echo "make install  create $(VENV) with torch, fairseq and this package (editable)"
-	@echo "make bench    speed/memory benchmarks -> results/bench/bench.json, deploy_speed.json"
+	@echo "make bench    every speed/memory benchmark of bench/ -> results/bench/*.json (docs/benchmarks.md)"
 	@echo "make soak     2,000-update CPU run with pruning: NaN and memory check -> results/bench/soak.json"
 	@echo "make gpu-wheels  (here, with network) wheels for make gpu-check -> .whl/"
-	@echo "make gpu-check   (on a CUDA machine, no network needed) the GPU checks, one summary table"
-	@echo "make flores12 FLORES-101 download -> prepare -> train -> evaluate (METHOD=, PRESET=ours|paper, DRY_RUN=1, SLURM=1; see README)"
+	@echo "make gpu-check   (on a CUDA machine, no network needed) the GPU checks, one summary table (docs/gpu-check.md)"
+	@echo "make flores12 FLORES-101 download -> prepare -> train -> evaluate (METHOD=, PRESET=ours|paper, DRY_RUN=1, SLURM=1; docs/flores-and-slurm.md)"
 
 install: $(STAMP)
 
@@ -31,7 +31,7 @@ $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[test,deploy]"
+	$(PY) -m pip install -q -e ".[test,deploy,serve]"
 	$(PY) -c "import torch, fairseq, fairseq_lslo; print('torch', torch.__version__, '| fairseq', fairseq.__version__)"
 	touch $@
 
@@ -41,18 +41,17 @@ test: install
 demo: install
 	OMP_NUM_THREADS=1 $(PY) -m fairseq_lslo.demo --demo $(DEMO) $(DEMO_ARGS)
 
-# CPU by default; BENCH_ARGS="--device cuda" on a GPU (-> results/bench/bench-gpu.json)
+# every bench/ module (python -m bench --list); BENCH_ARGS go to bench.speed, e.g. "--device cuda" on a GPU
+# (-> results/bench/bench-gpu.json); BENCH_ARGS="--only speed" runs some
 BENCH_ARGS ?=
 bench: install
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m bench.speed $(BENCH_ARGS)
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) bench/deploy_speed.py
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) bench/rank_pruning.py
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m bench $(BENCH_ARGS)
 
 SOAK_ARGS ?=
 soak: install
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) bench/soak.py $(SOAK_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m bench.soak $(SOAK_ARGS)
 
-# GPU check (README "GPU check").  gpu-wheels runs here (network, a Python $(GPU_PY_VERSION)):
+# GPU check (docs/gpu-check.md).  gpu-wheels runs here (network, a Python $(GPU_PY_VERSION)):
 # fairseq-fixed built for the GPU machine's Python plus what only fairseq needs, into .whl/.
 # gpu-check runs on the GPU machine with its own python3 (torch with CUDA): it installs .whl/
 # into .gpu-site/ (no index, no network) if fairseq is not importable, then runs the driver.
@@ -72,7 +71,7 @@ gpu-site:
 	@ls .whl/*.whl >/dev/null 2>&1 || { echo "gpu-check: fairseq is not importable and .whl/ holds no wheels: run 'make gpu-wheels' on a machine with network first" >&2; exit 2; }
 	$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $(GPU_SITE) .whl/*.whl
 
-# FLORES-101 chains: all logic lives in recipes/flores_chain.sh (variables: see the README).
+# FLORES-101 chains: all logic lives in recipes/flores_chain.sh (variables: docs/flores-and-slurm.md).
 # PRESET=paper runs the authors' reference recipe instead of ours (recipes/train.sh).
 LSLO_PYTHON ?= $(if $(wildcard $(PY)),$(abspath $(PY)),$(PYTHON))
 PRESET ?= ours

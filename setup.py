@@ -14,8 +14,11 @@ setup(
     description="Language-specific LoRA (LSLo) fine-tuning of multilingual NMT models in fairseq",
     long_description=open("README.md", encoding="utf-8").read() if os.path.exists("README.md") else "",
     long_description_content_type="text/markdown",
-    python_requires=">=3.8",
-    packages=find_packages(include=["fairseq_lslo", "fairseq_lslo.*", "lslo_data_prep", "lslo_data_prep.*"]),
+    python_requires=">=3.10",  # the default torch (TORCH_SPEC, torch 2.13) needs 3.10+
+    # bench/ and tests/ stay in the repository; lslo_common is the torch-free bottom both packages share
+    packages=find_packages(include=["fairseq_lslo", "fairseq_lslo.*", "lslo_common", "lslo_common.*",
+                                    "lslo_data_prep", "lslo_data_prep.*"]),
+    package_data={"lslo_data_prep": ["archives.json", "langs/*.tsv"]},
     install_requires=[
         TORCH_REQUIREMENT,
         "fairseq==0.12.2; python_version < '3.11'",
@@ -30,6 +33,8 @@ setup(
         "test": ["pytest"],
         # deployment interop (lslo-export-hf, the CTranslate2 tests); the plugin never imports these
         "deploy": ["ctranslate2>=4.0", "transformers>=4.40", "safetensors", "sentencepiece"],
+        # lslo-serve (fairseq_lslo.serve): aiohttp is both the server and the client the tests use
+        "serve": ["aiohttp>=3.9"],
     },
     entry_points={
         "console_scripts": [
@@ -39,6 +44,7 @@ setup(
             "lslo-arch=fairseq_lslo.cli.arch:main",
             "lslo-export-hf=fairseq_lslo.cli.export_hf:main",
             "lslo-evaluate=fairseq_lslo.cli.evaluate:main",
+            "lslo-serve=fairseq_lslo.serve.cli:main",
         ]
     },
 )

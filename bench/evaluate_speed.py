@@ -15,6 +15,7 @@ import os
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,8 @@ import time
 from typing import Dict, List, Sequence, Tuple
 
 import torch
+
+from bench.timing import Timings
 
 TOKEN_RE = re.compile(r"Translated [\d,]+ sentences \([\d,]+ tokens\) in ([\d.]+)s")
 OURS_RE = re.compile(r"decoded \d+ sentences in ([\d.]+)s \(model load ([\d.]+)s\)")
@@ -169,10 +172,6 @@ def bench_evaluate(dims: dict, langs: Sequence[str], lslo_langs: str, ranks: str
                 walls[name].append(wall)
                 results[name] = hyps
             same = same and results["one_process"] == results["per_direction"]
-        import statistics
-
-        from bench.speed import Timings
-
         med = {k: statistics.median(v) for k, v in rounds.items()}
         return {
             "evaluate_one_process_vs_per_direction": med["per_direction"] / med["one_process"],

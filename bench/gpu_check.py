@@ -42,7 +42,7 @@ TESTS = os.path.join(ROOT, "tests")
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from lslo_data_prep.fsutil import atomic_write_text  # noqa: E402  (no torch: importable before the wheels)
+from lslo_common.atomic import atomic_write_text  # noqa: E402  (no torch: importable before the wheels)
 
 CHECKS = ("tests", "train", "resume", "bench")
 ROUTES = ("src", "tgt", "shared", "learn")

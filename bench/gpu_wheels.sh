@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make gpu-wheels`: wheels that `make gpu-check` installs on a GPU machine without network.
 #   bash bench/gpu_wheels.sh [DEST]     (default .whl; needs network and a Python GPU_PY_VERSION here)
-# The GPU machine (see README "GPU check") has Python 3.12 with torch, numpy, sacrebleu,
+# The GPU machine (see docs/gpu-check.md) has Python 3.12 with torch, numpy, sacrebleu,
 # sentencepiece, safetensors, pytest, ...; it lacks fairseq-fixed and what only fairseq needs.
 set -euo pipefail
 DEST=${1:-.whl}

@@ -36,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from fairseq_lslo.checkpoint_io import atomic_write  # noqa: E402
+from lslo_common.atomic import atomic_write  # noqa: E402
 from fairseq_lslo.modules.adapter_state import compact_ranks  # noqa: E402
 from fairseq_lslo.modules.lslo_linear import LSLoLinear  # noqa: E402
 from fairseq_lslo.modules.pruning import PruneSchedule, PruningPlan  # noqa: E402

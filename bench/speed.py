@@ -18,14 +18,16 @@ import gc
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from argparse import Namespace
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
+
+from bench.evaluate_speed import bench_evaluate
+from bench.timing import Clock, compare
 
 LANGS = [("en", "high"), ("fr", "high"), ("it", "high"), ("de", "high"), ("nl", "medium"), ("zh", "medium"),
          ("ja", "medium"), ("ko", "medium"), ("oc", "low"), ("or", "low"), ("sd", "low"), ("wo", "low")]
@@ -39,52 +41,6 @@ TARGETS = {  # figure -> (comparison, target)
     "generate_merged_vs_base": ("<=", 1.03),
     "evaluate_one_process_vs_per_direction": (">=", 3.0),
 }
-
-
-# --- timing ------------------------------------------------------------------------------
-class Clock:
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.name = "wall time (cuda synchronised)" if self.cuda else "process CPU time"
-
-    def now(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-            return time.perf_counter()
-        return time.process_time()
-
-
-class Timings(dict):
-    """Median seconds of each function (the dict itself); every round's times in ``rounds``."""
-
-    def __init__(self, rounds: Dict[str, List[float]]):
-        super().__init__({k: statistics.median(v) for k, v in rounds.items()})
-        self.rounds = rounds
-
-    def round_ratios(self, num: str, den: str) -> List[float]:
-        """Quartiles (q1, median, q3) of ``num / den`` taken round by round: the spread of the figure."""
-        ratios = [a / b for a, b in zip(self.rounds[num], self.rounds[den])]
-        q1, q2, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
-        return [round(q1, 4), round(q2, 4), round(q3, 4)]
-
-
-def compare(clock: Clock, fns: Dict[str, Callable[[], None]], repeats: int, warmup: int) -> Timings:
-    """Median time of each function, run interleaved after ``warmup`` rounds.
-
-    The order rotates from round to round, so no function always runs first or after the same one.
-    """
-    times: Dict[str, List[float]] = {k: [] for k in fns}
-    names = list(fns)
-    for i in range(warmup + repeats):
-        shift = i % len(names)
-        for name in names[shift:] + names[:shift]:
-            fn = fns[name]
-            start = clock.now()
-            fn()
-            elapsed = clock.now() - start
-            if i >= warmup:
-                times[name].append(elapsed)
-    return Timings(times)
 
 
 # --- models --------------------------------------------------------------------------------
@@ -138,7 +94,8 @@ def build_models(dims: dict, task: BenchTask, device: torch.device, seed: int = 
     """(plain transformer with full fine-tuning, LSLo model on the same base weights)."""
     from fairseq.models.transformer import TransformerModel, base_architecture
 
-    from fairseq_lslo.models.lslo_transformer import LSLoTransformerModel, lslo_base_architecture
+    from fairseq_lslo.models.architectures import lslo_base_architecture
+    from fairseq_lslo.models.lslo_transformer import LSLoTransformerModel
 
     torch.manual_seed(seed)
     plain_args = model_args(dims, lslo=False)
@@ -423,8 +380,6 @@ def run(device: torch.device, quick: bool, evaluate_only: bool = False) -> dict:
     t0 = time.time()
     if not evaluate_only:
         run_speed_figures(device, clock, r, train_dims, collect, results, t0)
-    from bench.evaluate_speed import bench_evaluate
-
     # the generation benchmark's model and sizes, 12 directions of the 12 languages
     collect(bench_evaluate(train_dims, [c for c, _ in LANGS], lang_codes(), rank_spec(), n_directions=12,
                            sentences=32 if gpu else 8, beam=5, out_len=24, device=device, repeats=1 if quick else 2))
@@ -493,7 +448,7 @@ def main(argv=None) -> int:
     name = "bench-evaluate" if args.evaluate_only else "bench"
     out = args.out or os.path.join("results", "bench", f"{name}-gpu.json" if device.type == "cuda" else f"{name}.json")
     report = run(device, args.quick, args.evaluate_only)
-    from fairseq_lslo.checkpoint_io import atomic_write
+    from lslo_common.atomic import atomic_write
 
     atomic_write(out, lambda f: f.write((json.dumps(report, indent=2, default=str) + "\n").encode("utf-8")))
     print(table(report))

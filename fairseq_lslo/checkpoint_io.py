@@ -15,12 +15,15 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 import typing
 import zipfile
 from typing import Any, Dict, List
 
 import torch
+
+from lslo_common.atomic import atomic_write
+
+from .errors import LSLoError
 
 
 def fairseq_checkpoint_globals() -> List[Any]:
@@ -46,7 +49,7 @@ def allow_fairseq_checkpoints() -> None:
         add(fairseq_checkpoint_globals())
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(LSLoError, RuntimeError):
     """A file given as a checkpoint cannot be used as one."""
 
 
@@ -153,28 +156,3 @@ def make_fairseq_checkpoint_copies_atomic() -> None:
 def atomic_torch_save(obj: Any, path: str) -> None:
     """Write ``obj`` to a temporary file next to ``path``, then rename it into place."""
     atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def _default_file_mode() -> int:
-    """The mode ``open(path, "w")`` gives a new file under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write(path: str, write) -> None:
-    """Call ``write(f)`` on a temporary file next to ``path``, fsync, then rename it into place."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _default_file_mode())  # mkstemp makes 0600; a plain open() would not
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

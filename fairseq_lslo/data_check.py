@@ -30,8 +30,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .errors import LSLoError
 
-class BinarizedDataError(ValueError):
+
+class BinarizedDataError(LSLoError, ValueError):
     """A data file the task will read is missing or damaged."""
 
 
@@ -190,3 +192,18 @@ def check_binarized(data_dirs: Sequence[str], splits: Iterable[str], lang_pairs:
                             f"sides of {src}-{tgt} must be parallel; binarize them again from aligned text"
                         )
     return len(counted)
+
+
+def check_training_data(task) -> None:
+    """In fairseq-train, fail before the first update if a data file is missing, truncated or in another
+    format than ``--dataset-impl`` (every impl fairseq offers: see data_check.py)."""
+    targs = getattr(task, "args", None)
+    pairs = getattr(task, "lang_pairs", None)
+    if not getattr(task, "training", False) or not pairs or not getattr(targs, "data", None):
+        return
+    dirs = targs.data.split(":")
+    impl = getattr(targs, "dataset_impl", None)
+    check_binarized(dirs, [targs.train_subset], pairs, impl)
+    valid = [s for s in str(getattr(targs, "valid_subset", "")).split(",") if s]
+    if valid and not getattr(targs, "disable_validation", False):
+        check_binarized(dirs[:1], valid, pairs, impl)

@@ -1,21 +1,11 @@
-"""The root of every error fairseq-lslo raises on purpose.
+"""The plugin's import point for the error root (:mod:`lslo_common.errors`).
 
-Each error of ours derives from :class:`LSLoError` and, where one fits, from the matching
-built-in (``ValueError`` for a bad value, ``FileNotFoundError`` for a missing file), so
-``except ValueError`` keeps working for callers that know nothing of this module.  The
-command-line tools print any ``LSLoError`` as ``prog: error: message`` and exit with 2
-(``fairseq_lslo.cli.runner``).
+Every error fairseq-lslo raises on purpose derives from :class:`LSLoError` and, where one
+fits, from the matching built-in.  The classes live in ``lslo_common`` (no torch) so that
+``lslo_data_prep`` derives its errors from the same root; the plugin imports them from here.
 """
 from __future__ import annotations
 
+from lslo_common.errors import LSLoConfigError, LSLoError, LSLoFileError
 
-class LSLoError(Exception):
-    """Base class of the errors fairseq-lslo raises for bad input or state it can name."""
-
-
-class LSLoConfigError(LSLoError, ValueError):
-    """A command-line flag or a configuration file has a value LSLo cannot use."""
-
-
-class LSLoFileError(LSLoError, FileNotFoundError):
-    """A file or directory the user must supply is missing; the message names the flag that supplies it."""
+__all__ = ["LSLoConfigError", "LSLoError", "LSLoFileError"]

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .languages import LSLoConfigError
+from .errors import LSLoConfigError
 
 SOURCE, TARGET = "source", "target"
 

@@ -11,7 +11,9 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Sequence, Tuple, TypeVar
 
-from .errors import LSLoConfigError  # noqa: F401  (re-exported for older imports)
+from lslo_common.langset_file import read_language_rows
+
+from .errors import LSLoConfigError
 
 T = TypeVar("T")
 
@@ -60,20 +62,10 @@ class LanguageInventory:
 
     @classmethod
     def from_tsv(cls, path: str) -> "LanguageInventory":
-        """Read ``code<TAB>group`` or ``code<TAB>flores_code<TAB>group`` rows; ``#`` starts a comment."""
-        pairs = []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                line = line.split("#", 1)[0].rstrip("\n")
-                if not line.strip():
-                    continue
-                cols = [c.strip() for c in line.split("\t")]
-                if len(cols) not in (2, 3):
-                    raise LSLoConfigError(
-                        f"{path}:{lineno}: expected 'code<TAB>group' or 'code<TAB>flores_code<TAB>group', got {line!r}"
-                    )
-                pairs.append((cols[0], cols[-1]))
-        return cls(pairs, source=path)
+        """Read a language-set file (``code<TAB>group`` or ``code<TAB>flores_code<TAB>group`` rows, see
+        :mod:`lslo_common.langset_file`)."""
+        rows = read_language_rows(path, source="--lslo-langs")
+        return cls([(r.code, r.group) for r in rows], source=path)
 
     def __len__(self) -> int:
         return len(self.languages)

@@ -27,7 +27,10 @@ import urllib.request
 import zlib
 from typing import Dict, List, Optional
 
-from .fsutil import atomic_write_text, sha256_file
+from lslo_common.atomic import atomic_write_text
+from lslo_common.runner import run_tool
+
+from .fsutil import sha256_file
 from .langsets import DataPrepError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -259,13 +262,8 @@ def main(argv=None) -> int:
     env = "FLORES" if a.kind == "flores" else "MODEL"
     archive = a.archive or os.environ.get(f"{env}_ARCHIVE") or None
     sha = a.sha256 or os.environ.get(f"{env}_SHA256") or None
-    try:
-        path = obtain(a.kind, a.dest, a.size, archive, a.url, sha, a.force)
-    except DataPrepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    return run_tool("lslo_data_prep.download", lambda: print(obtain(a.kind, a.dest, a.size, archive, a.url, sha,
+                                                                      a.force)))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from lslo_common.runner import run_tool
+
 from .langsets import DataPrepError, directions, read_langset
 
 MAGIC = b"MMIDIDX\x00\x00"
@@ -163,14 +165,10 @@ def main(argv=None) -> int:
                    help="as given to fairseq-train: sentences per (virtual) epoch")
     p.add_argument("--required-batch-size-multiple", type=int, default=8)
     a = p.parse_args(argv)
-    try:
-        print(updates_per_epoch(a.data, a.max_tokens, a.update_freq, a.world_size, sampling_method=a.sampling_method,
-                                temperature=a.sampling_temperature, virtual_epoch_size=a.virtual_epoch_size,
-                                multiple=a.required_batch_size_multiple))
-    except DataPrepError as e:
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_tool("lslo_data_prep.epoch_size", lambda: print(updates_per_epoch(
+        a.data, a.max_tokens, a.update_freq, a.world_size, sampling_method=a.sampling_method,
+        temperature=a.sampling_temperature, virtual_epoch_size=a.virtual_epoch_size,
+        multiple=a.required_batch_size_multiple)))
 
 
 if __name__ == "__main__":

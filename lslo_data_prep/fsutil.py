@@ -1,12 +1,14 @@
-"""Atomic file operations and step stamps (a stamp is written last and trusted only if it matches)."""
+"""Step stamps (a stamp is written last and trusted only if it matches), hashes and atomic links.
+
+Atomic writes themselves are :mod:`lslo_common.atomic`."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from typing import Dict, Optional
+
+from lslo_common.atomic import atomic_write_text
 
 
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:
@@ -19,39 +21,6 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _default_file_mode() -> int:
-    """The mode ``open(path, "w")`` gives a new file under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write to a temporary name in the same directory, fsync, then rename over ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _default_file_mode())  # mkstemp makes 0600; a plain open() would not
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_copy(src: str, dst: str) -> None:
-    directory = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(dst)}.{os.getpid()}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
 
 
 def link_atomic(src: str, dst: str) -> None:

@@ -13,7 +13,9 @@ import json
 import os
 from typing import Dict, Iterable, List, Optional
 
-from .fsutil import atomic_write_text, sha256_file
+from lslo_common.atomic import atomic_write_text
+
+from .fsutil import sha256_file
 from .langsets import DataPrepError
 
 FORMAT = "lslo-hypotheses/1"

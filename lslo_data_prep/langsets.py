@@ -1,42 +1,33 @@
-"""Language-set files: ``model_code<TAB>flores_code<TAB>group`` rows (``#`` starts a comment)."""
+"""Language sets for data preparation: ``model_code<TAB>flores_code<TAB>group`` rows.
+
+The file format and its one reader are :mod:`lslo_common.langset_file` (``--lslo-langs FILE``
+reads the same files); data preparation also needs every FLORES code and two languages.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List
+import sys
+from typing import List, Optional
+
+from lslo_common.errors import LSLoError
+from lslo_common.langset_file import LangRow, LanguageSetError, read_language_rows
+from lslo_common.runner import USAGE_ERROR, run_tool
 
 
-class DataPrepError(RuntimeError):
+class DataPrepError(LSLoError, ValueError):
     """Bad input to data preparation; the message names the file or flag."""
 
 
-@dataclass(frozen=True)
-class LangRow:
-    code: str
-    flores: str
-    group: str
-
-
-def read_langset(path: str) -> List[LangRow]:
-    rows: List[LangRow] = []
+def read_langset(path: str, flores_optional: bool = False) -> List[LangRow]:
+    """The rows of a language set for data preparation: at least 2 languages, each with its FLORES code
+    (downloading and preparing need it) unless ``flores_optional`` (scoring does not)."""
     try:
-        f = open(path, encoding="utf-8")
-    except OSError as e:
-        raise DataPrepError(f"--langs: cannot read language set {path!r}: {e.strerror}") from None
-    with f:
-        for lineno, line in enumerate(f, 1):
-            line = line.split("#", 1)[0].rstrip("\n")
-            if not line.strip():
-                continue
-            cols = [c.strip() for c in line.split("\t")]
-            if len(cols) != 3 or not all(cols):
-                raise DataPrepError(
-                    f"{path}:{lineno}: expected 'model_code<TAB>flores_code<TAB>group', got {line!r}"
-                )
-            rows.append(LangRow(*cols))
-    codes = [r.code for r in rows]
-    dup = {c for c in codes if codes.count(c) > 1}
-    if dup:
-        raise DataPrepError(f"{path}: language {sorted(dup)[0]!r} is listed twice")
+        rows = read_language_rows(path, source="--langs")
+    except LanguageSetError as e:
+        raise DataPrepError(str(e)) from None
+    without = [r for r in rows if r.flores is None]
+    if without and not flores_optional:
+        raise DataPrepError(f"{path}:{without[0].line}: data preparation needs 'model_code<TAB>flores_code<TAB>group' "
+                            f"rows; {without[0].code!r} has no FLORES code")
     if len(rows) < 2:
         raise DataPrepError(f"{path}: a language set needs at least 2 languages, got {len(rows)}")
     return rows
@@ -47,22 +38,24 @@ def directions(rows: List[LangRow]) -> List[str]:
     return [f"{a.code}-{b.code}" for a in rows for b in rows if a.code != b.code]
 
 
-def main() -> None:
+def main(argv: Optional[List[str]] = None) -> int:
     """``python -m lslo_data_prep.langsets FILE [pairs|codes|spec|name]``: print for shell scripts."""
-    import sys
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or len(argv) > 2 or (len(argv) == 2 and argv[1] not in (*PRINTS, "name")):
+        print(f"usage: python -m lslo_data_prep.langsets FILE [{'|'.join(PRINTS)}|name]", file=sys.stderr)
+        return USAGE_ERROR
+    if len(argv) == 2 and argv[1] == "name":
+        return run_tool("lslo_data_prep.langsets", lambda: print(set_name(argv[0], read_langset(argv[0]))))
+    rows_of = PRINTS[argv[1] if len(argv) == 2 else "pairs"]
+    return run_tool("lslo_data_prep.langsets", lambda: print(rows_of(read_langset(argv[0]))))
 
-    path, what = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "pairs")
-    rows = read_langset(path)
-    if what == "pairs":
-        print(",".join(directions(rows)))
-    elif what == "codes":
-        print(",".join(r.code for r in rows))
-    elif what == "spec":
-        print(",".join(f"{r.code}:{r.group}" for r in rows))
-    elif what == "name":
-        print(set_name(path, rows))
-    else:
-        raise SystemExit(f"unknown output {what!r}: pairs, codes, spec or name")
+
+#: what ``main`` prints of a language set
+PRINTS = {
+    "pairs": lambda rows: ",".join(directions(rows)),
+    "codes": lambda rows: ",".join(r.code for r in rows),
+    "spec": lambda rows: ",".join(f"{r.code}:{r.group}" for r in rows),
+}
 
 
 def set_name(path: str, rows: List[LangRow]) -> str:
@@ -78,4 +71,4 @@ def set_name(path: str, rows: List[LangRow]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -26,8 +26,12 @@ import signal
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .fsutil import Stamps, atomic_copy, atomic_write_text, link_atomic, sha256_file, sha256_text
-from .langsets import DataPrepError, LangRow, directions, read_langset
+from lslo_common.atomic import atomic_copy, atomic_write_text
+from lslo_common.langset_file import LangRow
+from lslo_common.runner import run_tool
+
+from .fsutil import Stamps, link_atomic, sha256_file, sha256_text
+from .langsets import DataPrepError, directions, read_langset
 
 SPLITS = ("train", "valid", "test")
 
@@ -290,11 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
-    try:
-        ran = Preparer(a).run()
-    except DataPrepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_tool("lslo_data_prep.prepare", lambda: prepare(a))
+
+
+def prepare(a: argparse.Namespace) -> int:
+    ran = Preparer(a).run()
     if ran:
         print(f"prepared {os.path.join(os.path.abspath(a.out), 'bin')}: ran {len(ran)} steps: {', '.join(ran)}")
     else:

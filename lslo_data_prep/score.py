@@ -21,9 +21,13 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from .fsutil import atomic_write_text, sha256_file
+from lslo_common.atomic import atomic_write_text
+from lslo_common.langset_file import LangRow
+from lslo_common.runner import run_tool
+
+from .fsutil import sha256_file
 from .hypotheses import check_same_model, describe, model_identity
-from .langsets import DataPrepError, LangRow, directions, read_langset
+from .langsets import DataPrepError, directions, read_langset
 
 
 def read_hypotheses(path: str) -> List[str]:
@@ -91,14 +95,17 @@ def reference_path(raw: str, split: str, tgt: str) -> str:
     return os.path.join(raw, f"{split}.{tgt}")
 
 
-def check_directions(data: str, raw: str, pairs: List[str], split: str = "test") -> Dict[str, str]:
-    """Every direction uses languages of ``data/langs.tsv`` and has its references; returns the groups."""
-    langs = read_langset(os.path.join(data, "langs.tsv"))
+def check_directions(data: str, raw: str, pairs: List[str], split: str = "test",
+                     langs: Optional[List[LangRow]] = None, where: Optional[str] = None) -> Dict[str, str]:
+    """Every direction uses languages of ``langs`` (default: ``data/langs.tsv``; ``where`` names their
+    source in errors) and has its references; returns the groups."""
+    if langs is None:
+        langs, where = read_langset(os.path.join(data, "langs.tsv")), f"{data}/langs.tsv"
     group = {r.code: r.group for r in langs}
     for pair in pairs:
         src, _, tgt = pair.partition("-")
         if src not in group or tgt not in group:
-            raise DataPrepError(f"direction {pair!r} uses a language outside {data}/langs.tsv")
+            raise DataPrepError(f"direction {pair!r} uses a language outside {where} ({', '.join(group)})")
         ref = reference_path(raw, split, tgt)
         if not os.path.isfile(ref):
             raise DataPrepError(f"{ref} is missing: no references for direction {pair}")
@@ -155,12 +162,15 @@ def heatmap(rows: List[dict], langs: List[LangRow], path: str) -> None:
 
 
 def score(data: str, raw: str, gen_dir: str, out_dir: str, spm_model: Optional[str], pairs: Optional[List[str]],
-          split: str = "test", expect: Optional[dict] = None) -> List[dict]:
+          split: str = "test", expect: Optional[dict] = None, langs: Optional[List[LangRow]] = None,
+          where: Optional[str] = None) -> List[dict]:
     """Score every direction and write the tables; ``expect``: the model identity every hypothesis file
-    must record (see lslo_data_prep.hypotheses).  Everything is checked before anything is written."""
-    langs = read_langset(os.path.join(data, "langs.tsv"))
+    must record (see lslo_data_prep.hypotheses); ``langs``: the language groups (default: ``data/langs.tsv``;
+    ``where`` names their source).  Everything is checked before anything is written."""
+    if langs is None:
+        langs, where = read_langset(os.path.join(data, "langs.tsv")), f"{data}/langs.tsv"
     wanted = pairs or directions(langs)
-    group = check_directions(data, raw, wanted, split)
+    group = check_directions(data, raw, wanted, split, langs, where)
     scorer = Scorer(spm_model)
     gens = [os.path.join(gen_dir, f"{pair}.gen") for pair in wanted]
     for pair, gen in zip(wanted, gens):
@@ -221,13 +231,13 @@ def main(argv=None) -> int:
                    help="refuse hypothesis files not recorded as decoded from this checkpoint (by content)")
     p.add_argument("--adapters", default=None, help="with --checkpoint: the --lslo-adapters file it was decoded with")
     a = p.parse_args(argv)
-    try:
-        expect = model_identity({"checkpoint": a.checkpoint, "adapters": a.adapters}) if a.checkpoint else None
-        rows = score(a.data, a.raw, a.gen_dir, a.out_dir, a.spm_model, a.pairs.split(",") if a.pairs else None, a.split,
-                     expect)
-    except DataPrepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_tool("lslo_data_prep.score", lambda: score_and_print(a))
+
+
+def score_and_print(a: argparse.Namespace) -> int:
+    expect = model_identity({"checkpoint": a.checkpoint, "adapters": a.adapters}) if a.checkpoint else None
+    rows = score(a.data, a.raw, a.gen_dir, a.out_dir, a.spm_model, a.pairs.split(",") if a.pairs else None, a.split,
+                 expect)
     print(open(os.path.join(a.out_dir, "scores.md"), encoding="utf-8").read())
     print(f"{len(rows)} directions scored -> {a.out_dir}/scores.tsv, scores.md, heatmap.png")
     return 0

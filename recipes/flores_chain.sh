@@ -5,7 +5,7 @@
 #   DRY_RUN=1  print every command instead of running it
 #   SLURM=1    download here (compute nodes are often offline), then submit prepare, train,
 #              an evaluation job array and a scoring job, each depending on the previous one
-# See recipes/common.sh for paths and the README for every variable.
+# See recipes/common.sh for paths and docs/flores-and-slurm.md for every variable.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$HERE/common.sh"

@@ -10,7 +10,7 @@
 #                      seed 2, layerdrop 0, pruning of B only by fairseq's real epochs (masks at the
 #                      start of each epoch, from epoch 2 over 10 epochs), the last epoch evaluated
 # Every variable below can be set in the environment and then wins over the preset; see
-# recipes/common.sh and the README.
+# recipes/common.sh and docs/flores-and-slurm.md.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 paper() { [ "$PRESET" = paper ]; }

@@ -146,3 +146,11 @@ def trained(tmp_path_factory):
                "--lr", "0.01", "--max-update", "60",
                "--finetune-from-model", os.path.join(base_dir, "checkpoint_best.pt"), "--save-dir", lslo_dir])
     return SimpleNamespace(root=root, data=data, base_dir=base_dir, lslo_dir=lslo_dir, log=log)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The shared tiny real run (fairseq_lslo/testing/tiny_run.py): raw text, SPM, data, base and LSLo checkpoints."""
+    from fairseq_lslo.testing.tiny_run import build_tiny_run
+
+    return build_tiny_run(str(tmp_path_factory.mktemp("tiny_run")))

@@ -1,7 +1,7 @@
 """Tiny stand-ins for the FLORES-101 archives, in the real layouts.
 
 * dataset: ``flores101_dataset/{dev,devtest}/{flores_code}.{split}``, multi-way parallel
-  synthetic sentences (``fairseq_lslo/testing/tinydata.py`` renders shared concepts per language);
+  synthetic sentences (``fairseq_lslo/testing/corpus.py`` renders shared concepts per language);
 * checkpoint: ``flores101_mm100_615M/{model.pt, dict.txt, sentencepiece.bpe.model,
   language_pairs.txt}`` with a SentencePiece model trained here on the fixture text, its
   vocabulary as fairseq dictionary, and a tiny pre-norm transformer built by fairseq itself
@@ -15,7 +15,7 @@ import random
 import tarfile
 from typing import Dict, List, Sequence, Tuple
 
-from fairseq_lslo.testing.tinydata import make_corpus
+from fairseq_lslo.testing.corpus import make_corpus
 
 LANG12 = [("en", "eng"), ("fr", "fra"), ("it", "ita"), ("de", "deu"), ("nl", "nld"), ("zh", "zho_simpl"),
           ("ja", "jpn"), ("ko", "kor"), ("oc", "oci"), ("or", "ory"), ("sd", "snd"), ("wo", "wol")]

@@ -98,23 +98,24 @@ def make_sample(task, directions: Sequence[Tuple[str, str]], seed: int = 0) -> D
 
 
 def binarized_corpus(root: str, langs: Sequence[str], pairs: Sequence[str]) -> str:
-    """tinydata's corpus, binarized in this process (no fairseq-preprocess start-ups): the data dir.
+    """testing.corpus's corpus, binarized in this process (no fairseq-preprocess start-ups): the data dir.
 
-    Same layout as ``tinydata.bin_dir_for``: ``{split}.{src}-{tgt}.{lang}.{bin,idx}`` links to one
+    Same layout as ``testing.tinydata.bin_dir_for``: ``{split}.{src}-{tgt}.{lang}.{bin,idx}`` links to one
     binarized file per language and split, and ``dict.{lang}.txt``.
     """
     import shutil
 
     from fairseq.data import Dictionary, indexed_dataset
 
-    from fairseq_lslo.testing import tinydata
+    from fairseq_lslo.testing.corpus import make_corpus
+    from fairseq_lslo.testing.tinydata import write_dictionary
 
-    corpus = tinydata.make_corpus(langs)
+    corpus = make_corpus(langs)
     data, per_lang = os.path.join(root, "bin"), os.path.join(root, "per-lang")
     os.makedirs(data, exist_ok=True)
     os.makedirs(per_lang, exist_ok=True)
     dict_path = os.path.join(root, "dict.txt")
-    tinydata.write_dictionary(dict_path, corpus)
+    write_dictionary(dict_path, corpus)
     dictionary = Dictionary.load(dict_path)
     for lang in langs:
         shutil.copy(dict_path, os.path.join(data, f"dict.{lang}.txt"))

@@ -11,7 +11,7 @@ from fairseq import checkpoint_utils, options, tasks
 from fairseq_lslo.testing.base_fixture import (PUBLISHED_ARGS, build_plain_model, published_args,
                                                write_published_checkpoint)
 from conftest import BIN, LSLO_FLAGS, PAIRS, ROOT, make_batch, run
-from fairseq_lslo.languages import LSLoConfigError
+from fairseq_lslo.errors import LSLoConfigError
 from fairseq_lslo.models.base_architecture import base_checkpoint_path, read_base_architecture
 
 TASK_ARGV = ["--task", "translation_multi_simple_epoch", "--lang-pairs", ",".join(PAIRS),

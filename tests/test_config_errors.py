@@ -6,7 +6,8 @@ import torch
 
 from conftest import LSLO_FLAGS, build
 from fairseq_lslo.checkpoint_io import CheckpointError, load_checkpoint
-from fairseq_lslo.languages import LanguageInventory, LSLoConfigError, parse_group_values, parse_ranks
+from fairseq_lslo.errors import LSLoConfigError
+from fairseq_lslo.languages import LanguageInventory, parse_group_values, parse_ranks
 from fairseq_lslo.modules.placement import compact_routing, default_routing, parse_positions, parse_routing
 
 

@@ -115,6 +115,20 @@ def test_hf_export_writes_an_m2m100_directory_with_fairseq_special_tokens(prenor
     assert generation["decoder_start_token_id"] == d.eos()
 
 
+def test_hf_export_gets_the_modes_open_would_give(prenorm, tmp_path):
+    """Directory 0755 and files 0644 under umask 022 (not mkdtemp's 0700 nor 0600): others can read it."""
+    _, spm_path = train_spm(tmp_path)
+    old = os.umask(0o022)
+    try:
+        out = export(prenorm, "modes", "--spm", spm_path)
+    finally:
+        os.umask(old)
+    assert os.stat(out).st_mode & 0o777 == 0o755
+    modes = {name: os.stat(os.path.join(out, name)).st_mode & 0o777 for name in os.listdir(out)}
+    assert "model.safetensors" in modes and "tokenizer_config.json" in modes
+    assert set(modes.values()) == {0o644}, modes
+
+
 def test_hf_logits_equal_the_lslo_models_for_the_direction(prenorm):
     hf = load_hf(export(prenorm, "en-de"))
     task, model = prenorm["task"], prenorm["model"]
@@ -194,7 +208,7 @@ def test_hf_export_bad_input_names_the_file_or_direction(prenorm, tmp_path, caps
 
 def test_the_plugin_never_imports_the_deploy_packages():
     code = ("import sys, fairseq_lslo, fairseq_lslo.cli.merge, fairseq_lslo.cli.export_hf; "
-            "print(sorted(m for m in ('transformers', 'ctranslate2') if m in sys.modules))")
+            "print(sorted(m for m in ('transformers', 'ctranslate2', 'aiohttp') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
@@ -247,6 +261,9 @@ def test_tokenizer_files_encode_as_fairseq_does(tmp_path):
     assert tok.get_lang_id("fr") == exported[d.index("__fr__")]
     assert exported[d.index("__kam__")] >= len(vocab) + 100  # after M2M100Tokenizer's 100 languages
     assert tok.decode([exported[i] for i in fairseq_ids[1:-1]]) == sentence
+    # what generate() returns, </s> __de__ ... </s>, decodes without language tokens (as fairseq strips them)
+    generated = [exported[d.eos()], exported[d.index("__de__")]] + [exported[i] for i in fairseq_ids[1:]]
+    assert tok.batch_decode([generated], skip_special_tokens=True) == [sentence]
 
 
 def test_hf_export_with_tokenizer_renumbers_model_and_tokenizer_alike(prenorm, tmp_path):

@@ -46,7 +46,8 @@ def run(cmd, check=True):
 
 def generate(data, path, src, tgt, user_dir=True, extra=()):
     cmd = [os.path.join(BIN, "fairseq-generate"), data, *TASK, "-s", src, "-t", tgt, "--path", path, "--cpu",
-           "--beam", "3", "--gen-subset", "test", "--batch-size", "16", *extra]
+           "--beam", "3", "--gen-subset", "test", "--batch-size", "16",
+           "--required-batch-size-multiple", "1", *extra]  # every sentence, with or without the plugin
     if user_dir:
         cmd += ["--user-dir", USER_DIR]
     out = run(cmd).stdout

@@ -120,6 +120,6 @@ def test_bad_input_names_the_file(tmp_path, capsys):
     (tmp_path / "langs.tsv").write_text("en\teng\thigh\nfr\tfra\thigh\n")
     assert main([str(tmp_path), "--max-tokens", "100"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("python -m lslo_data_prep.epoch_size: error: ") and "train.en-fr.en.idx" in err
+    assert err.startswith("lslo_data_prep.epoch_size: error: ") and "train.en-fr.en.idx" in err
     assert main([str(tmp_path), "--max-tokens", "100", "--virtual-epoch-size", "0"]) == 2
     assert "--virtual-epoch-size" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import torch
 from fairseq import options, tasks
 
 from fairseq_lslo.criterions.target_languages import TargetLanguages
-from fairseq_lslo.languages import LSLoConfigError
+from fairseq_lslo.errors import LSLoConfigError
 from fairseq_lslo.testing.multilingual_data import (ALL_PAIRS, DIMS, batches, check_all_batches, setup, true_languages,
                                                     write_data)
 

@@ -8,7 +8,7 @@ from fairseq.logging import metrics
 
 import search_helpers as H
 from fairseq_lslo.criterions.lslo_label_smoothed_cross_entropy import LSLoLabelSmoothedCrossEntropyCriterion
-from fairseq_lslo.languages import LSLoConfigError
+from fairseq_lslo.errors import LSLoConfigError
 
 DIRECTIONS = [("en", "fr"), ("fr", "de"), ("de", "en"), ("en", "de"), ("fr", "en"), ("de", "fr")]
 CRITERION = ["--criterion", "lslo_label_smoothed_cross_entropy", "--label-smoothing", "0.2"]

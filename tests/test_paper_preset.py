@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from conftest import LSLO_FLAGS, build, make_batch, randomize_adapters
 from fairseq_lslo.checkpoint_io import load_checkpoint
-from fairseq_lslo.cli.stats import compute_stats
-from fairseq_lslo.languages import LSLoConfigError
+from fairseq_lslo.reports.stats import compute_stats
+from fairseq_lslo.errors import LSLoConfigError
 from fairseq_lslo.modules import lowrank_ops
 from fairseq_lslo.modules.adapter_file import adapter_tensors, save_adapters
 from fairseq_lslo.modules.adapter_state import group_adapters, module_delta
@@ -361,7 +361,7 @@ def test_export_and_import_keep_the_parameterisation(dict_dir, tmp_path):
 
 # --- search mode and pruning -------------------------------------------------------------------
 def test_search_mode_with_the_preset(dict_dir, tmp_path):
-    from fairseq_lslo.cli.arch import analyse
+    from fairseq_lslo.reports.arch import analyse
 
     task, model = build(dict_dir, "lslo_transformer", LSLO_FLAGS + PAPER + [
         "--lslo-encoder-routing", "learn", "--lslo-decoder-routing", "learn"])

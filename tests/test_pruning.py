@@ -7,7 +7,7 @@ import torch.nn as nn
 
 import fairseq_lslo  # noqa: F401  (registers the optimizer)
 from fairseq import optim
-from fairseq_lslo.languages import LSLoConfigError
+from fairseq_lslo.errors import LSLoConfigError
 from fairseq_lslo.modules.lslo_linear import LSLoLinear
 from fairseq_lslo.modules.pruning import (
     PruneSchedule,

@@ -109,11 +109,11 @@ def test_stats_errors_and_table(runs, capsys):
     assert stats.main([str(runs["root"] / "whole" / "checkpoint_last.pt")]) == 0
     table = capsys.readouterr().out
     assert "[total]" in table and "en" in table
-    assert stats.main([runs["base"]]) == 1
+    assert stats.main([runs["base"]]) == 2  # the runner: prog: error: ..., exit 2 like every tool
     assert "not an LSLo checkpoint" in capsys.readouterr().err
     not_ckpt = runs["root"] / "notes.txt"
     not_ckpt.write_text("hello")
-    assert stats.main([str(not_ckpt)]) == 1
+    assert stats.main([str(not_ckpt)]) == 2
     assert str(not_ckpt) in capsys.readouterr().err
 
 

@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-from fairseq_lslo.languages import LSLoConfigError
+from fairseq_lslo.errors import LSLoConfigError
 from fairseq_lslo.optim.training_clock import clock_of
 from fairseq_lslo.modules.pruning import PruneSchedule, trainable_parameters
 from test_pruning import DTYPES, TinyLSLo, build, find_pruner

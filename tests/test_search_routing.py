@@ -8,7 +8,7 @@ import torch
 import search_helpers as H
 from fairseq_lslo.checkpoint_io import atomic_torch_save
 from fairseq_lslo.cli import arch
-from fairseq_lslo.languages import LSLoConfigError
+from fairseq_lslo.errors import LSLoConfigError
 from fairseq_lslo.modules.lslo_linear import LSLoLinear
 from fairseq_lslo.modules.search import choose_routing, mix_logits_from_state, parse_site
 

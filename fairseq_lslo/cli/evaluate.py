@@ -6,11 +6,10 @@ import logging
 import os
 import sys
 
-from lslo_data_prep.langsets import DataPrepError
+from ..evaluation.run import check_files, run
+from .runner import run_tool
 
-from ..checkpoint_io import CheckpointError
-from ..evaluation.run import EvaluateError, run
-from ..languages import LSLoConfigError
+PROG = "lslo-evaluate"
 
 
 def get_parser():
@@ -25,6 +24,9 @@ def get_parser():
     group.add_argument("--shard", metavar="I/N", help="decode only share I (0-based) of N of the directions, e.g. "
                                                       "one SLURM array task per GPU; implies --no-score")
     group.add_argument("--raw", metavar="DIR", help="plain-text references RAW/{gen-subset}.{lang} (for scoring)")
+    group.add_argument("--lang-groups", metavar="FILE",
+                       help="language groups for the score tables: rows 'code<TAB>[flores_code<TAB>]group' "
+                            "(default: DATA/langs.tsv if there, else the checkpoint's LSLo configuration)")
     group.add_argument("--spm-model", metavar="FILE",
                        help="score spBLEU with this local SentencePiece model (the FLORES-101 one) instead of "
                             "sacrebleu's flores101 tokenizer, which downloads its model")
@@ -36,7 +38,6 @@ def get_parser():
     return parser
 
 
-
 def main(argv=None) -> int:
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
@@ -46,12 +47,12 @@ def main(argv=None) -> int:
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
                         level=os.environ.get("LOGLEVEL", "WARNING").upper(), stream=sys.stderr)
     args = options.parse_args_and_arch(get_parser(), argv)
-    try:
-        cfg = convert_namespace_to_omegaconf(args)
-        return run(args, cfg)
-    except (EvaluateError, DataPrepError, LSLoConfigError, CheckpointError, ValueError) as e:
-        print(f"lslo-evaluate: error: {e}", file=sys.stderr)
-        return 2
+
+    def body() -> int:
+        check_files(args)  # fails before fairseq's configuration machinery prints its warnings
+        return run(args, convert_namespace_to_omegaconf(args))
+
+    return run_tool(PROG, body)
 
 
 if __name__ == "__main__":

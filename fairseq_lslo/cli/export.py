@@ -13,11 +13,11 @@ import argparse
 import sys
 from typing import List, Optional
 
-from ..checkpoint_io import CheckpointError, load_checkpoint
-from ..languages import LSLoConfigError
+from ..checkpoint_io import load_checkpoint
 from ..modules.adapter_file import adapter_tensors, save_adapters
 from ..modules.adapter_state import compact_ranks
 from ..modules.spec import LSLoSpec
+from .runner import run_tool
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,17 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        model = load_checkpoint(args.checkpoint)["model"]
-        spec = LSLoSpec.from_state(model, args.checkpoint)
-        lslo = adapter_tensors(model)
-        full = sum(v.numel() for k, v in lslo.items() if not k.endswith("_mask"))
-        if not args.keep_ranks:
-            spec, lslo = compact_ranks(spec, lslo)
-        size = save_adapters(args.output, spec, lslo)
-    except (CheckpointError, LSLoConfigError, ValueError) as e:
-        print(f"lslo-export: error: {e}", file=sys.stderr)
-        return 2
+    return run_tool("lslo-export", lambda: export(args))
+
+
+def export(args: argparse.Namespace) -> int:
+    model = load_checkpoint(args.checkpoint)["model"]
+    spec = LSLoSpec.from_state(model, args.checkpoint)
+    lslo = adapter_tensors(model)
+    full = sum(v.numel() for k, v in lslo.items() if not k.endswith("_mask"))
+    if not args.keep_ranks:
+        spec, lslo = compact_ranks(spec, lslo)
+    size = save_adapters(args.output, spec, lslo)
     total = sum(v.numel() for k, v in lslo.items() if not k.endswith("_mask"))
     kept = sum(int(v.sum()) for k, v in lslo.items() if k.endswith("_mask"))
     print(f"lslo-export: wrote {args.output}: {size:,} bytes, {len(lslo)} tensors, "

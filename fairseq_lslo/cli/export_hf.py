@@ -15,7 +15,7 @@ from ..checkpoint_io import CheckpointError, load_checkpoint
 from ..deploy.hf_export import export_direction
 from ..deploy.m2m100 import optional_spm
 from ..deploy.merge import writable_directory
-from ..languages import LSLoConfigError
+from .runner import run_tool
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,17 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        spm = optional_spm(args.spm)
-        if os.path.exists(args.output) and not os.path.isdir(args.output):
-            raise CheckpointError(f"-o/--output {args.output}: exists and is not a directory")
-        writable_directory(os.path.dirname(os.path.abspath(args.output)), "-o/--output (its directory)")
-        state = load_checkpoint(args.checkpoint)
-        names = export_direction(state, args.data, args.output, args.source_lang, args.target_lang, spm,
-                                 args.checkpoint)
-    except (CheckpointError, LSLoConfigError, ValueError, FileNotFoundError, ImportError) as e:
-        print(f"lslo-export-hf: error: {e}", file=sys.stderr)
-        return 2
+    return run_tool("lslo-export-hf", lambda: export(args))
+
+
+def export(args: argparse.Namespace) -> int:
+    spm = optional_spm(args.spm)
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise CheckpointError(f"-o/--output {args.output}: exists and is not a directory")
+    writable_directory(os.path.dirname(os.path.abspath(args.output)), "-o/--output (its directory)")
+    state = load_checkpoint(args.checkpoint)
+    names = export_direction(state, args.data, args.output, args.source_lang, args.target_lang, spm,
+                             args.checkpoint)
     print(f"lslo-export-hf: wrote {args.output} ({', '.join(names)})")
     return 0
 

@@ -15,8 +15,8 @@ from typing import List, Optional
 from ..checkpoint_io import CheckpointError, atomic_torch_save, load_checkpoint
 from ..deploy.merge import (PLAIN_ARCH, parse_direction, plain_checkpoint, trained_directions, writable_directory,
                             write_directions)
-from ..languages import LSLoConfigError
 from ..modules.spec import LSLoSpec
+from .runner import run_tool
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,27 +46,27 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("give either --source-lang and --target-lang, or --all-directions")
     if args.directions and not args.all_directions:
         parser.error("--directions goes with --all-directions")
-    try:
-        if single and os.path.isdir(args.output):
-            raise CheckpointError(f"-o/--output {args.output}: is a directory, expected a file name (e.g. en-de.pt)")
-        if single:
-            writable_directory(os.path.dirname(os.path.abspath(args.output)), "-o/--output (its directory)")
-        state = load_checkpoint(args.checkpoint)
-        if single:
-            merged = plain_checkpoint(state, args.source_lang, args.target_lang, args.checkpoint)
-            atomic_torch_save(merged, args.output)
-            print(f"lslo-merge: wrote {args.output} ({args.source_lang}->{args.target_lang}, "
-                  f"plain '{PLAIN_ARCH}' checkpoint)")
-            return 0
-        spec = LSLoSpec.from_state(state["model"], args.checkpoint)
-        if args.directions:
-            directions = [parse_direction(d, "--directions") for d in args.directions.split(",")]
-        else:
-            directions = trained_directions(state, spec)
-        written = write_directions(state, directions, args.output, args.checkpoint)
-    except (CheckpointError, LSLoConfigError, ValueError) as e:
-        print(f"lslo-merge: error: {e}", file=sys.stderr)
-        return 2
+    return run_tool("lslo-merge", lambda: merge(args, single))
+
+
+def merge(args: argparse.Namespace, single: bool) -> int:
+    if single and os.path.isdir(args.output):
+        raise CheckpointError(f"-o/--output {args.output}: is a directory, expected a file name (e.g. en-de.pt)")
+    if single:
+        writable_directory(os.path.dirname(os.path.abspath(args.output)), "-o/--output (its directory)")
+    state = load_checkpoint(args.checkpoint)
+    if single:
+        merged = plain_checkpoint(state, args.source_lang, args.target_lang, args.checkpoint)
+        atomic_torch_save(merged, args.output)
+        print(f"lslo-merge: wrote {args.output} ({args.source_lang}->{args.target_lang}, "
+              f"plain '{PLAIN_ARCH}' checkpoint)")
+        return 0
+    spec = LSLoSpec.from_state(state["model"], args.checkpoint)
+    if args.directions:
+        directions = [parse_direction(d, "--directions") for d in args.directions.split(",")]
+    else:
+        directions = trained_directions(state, spec)
+    written = write_directions(state, directions, args.output, args.checkpoint)
     print(f"lslo-merge: wrote {len(written)} merged checkpoints to {args.output} "
           f"({', '.join(os.path.basename(w)[:-3] for w in written)})")
     return 0

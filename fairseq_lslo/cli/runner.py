@@ -1,18 +1,7 @@
-"""One shape for every command-line tool: ``prog: error: message`` on stderr and exit status 2."""
+"""The plugin's import point for the command-line runner (:mod:`lslo_common.runner`, shared with
+``lslo_data_prep``): ``prog: error: message`` on stderr and exit status 2 for bad input."""
 from __future__ import annotations
 
-import sys
-from typing import Callable, Optional
+from lslo_common.runner import INPUT_ERRORS, USAGE_ERROR, run_tool
 
-from ..errors import LSLoError
-
-USAGE_ERROR = 2  # argparse's own status for a bad command line; ours for bad input of any kind
-
-
-def run_tool(prog: str, body: Callable[[], Optional[int]]) -> int:
-    """Run ``body``; an ``LSLoError`` or ``OSError`` becomes one error line and exit status 2."""
-    try:
-        return body() or 0
-    except (LSLoError, OSError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return USAGE_ERROR
+__all__ = ["INPUT_ERRORS", "USAGE_ERROR", "run_tool"]

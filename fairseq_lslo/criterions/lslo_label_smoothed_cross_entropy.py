@@ -27,7 +27,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
 from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 
-from ..languages import LSLoConfigError
+from ..errors import LSLoConfigError
 from ..modules.lslo_linear import LSLoLinear, mix_weights
 from ..modules.search import MixSite, mean_entropy, mix_modules
 from .target_languages import TargetLanguages

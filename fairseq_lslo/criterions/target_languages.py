@@ -15,7 +15,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..langtok import TARGET, LanguageTokens
-from ..languages import LSLoConfigError
+from ..errors import LSLoConfigError
 from ..modules.spec import CONFIG_KEY, LSLoSpec
 
 WHO = "lslo_label_smoothed_cross_entropy (per-language metrics)"

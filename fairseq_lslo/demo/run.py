@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from typing import Callable, Dict, List, Optional
 
+from lslo_common.atomic import atomic_write_text
+
 from . import pruning_report, report
 from .benchmark import GRAMMARS, generate
 from .commands import METHODS, Method, Run, runs_of, train_command
@@ -44,10 +46,7 @@ def _read_json(path: str) -> Optional[Dict]:
 
 
 def _write_json(path: str, data: Dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
 def load() -> List[float]:

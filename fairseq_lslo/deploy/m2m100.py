@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from ..errors import LSLoError, LSLoFileError
 from ..langtok import lang_token
 
 # fairseq --activation-fn -> transformers ACT2FN name (same function)
@@ -33,8 +34,12 @@ _DROPPED = re.compile(r"^(encoder|decoder)\.(version|embed_positions\._float_ten
 _LAYER_KEY = re.compile(r"^(encoder|decoder)\.(layers\.\d+\..+|layer_norm\.(weight|bias))$")
 
 
-class UnsupportedForM2M100(ValueError):
+class UnsupportedForM2M100(LSLoError, ValueError):
     """The fairseq model (or its dictionary) has something M2M100ForConditionalGeneration cannot express."""
+
+
+class MissingPackageError(LSLoError, ImportError):
+    """An optional deployment package (the ``deploy`` extra) is not installed; the message says how to install it."""
 
 
 def hide_unloadable_torchaudio() -> None:
@@ -60,7 +65,7 @@ def require(module: str, purpose: str) -> Any:
         return importlib.import_module(module)
     except ImportError:
         package = module.split(".")[0]
-        raise ImportError(
+        raise MissingPackageError(
             f"{purpose} needs the Python package '{package}', which is not installed: "
             f"pip install 'fairseq-lslo[deploy]' (from a checkout: pip install -e '.[deploy]')"
         ) from None
@@ -226,6 +231,12 @@ def write_tokenizer(out_dir: str, vocab: Mapping[str, int], spm_model: str, src:
     spm_file = os.path.join(out_dir, "sentencepiece.bpe.model")
     shutil.copyfile(spm_model, spm_file)
     tokenizer = tokenization.M2M100Tokenizer(vocab_file, spm_file, src_lang=src, tgt_lang=tgt, language_codes="m2m100")
+    if tokenizer.get_lang_id(tgt) not in tokenizer.all_special_ids:
+        # transformers 5 no longer makes the language tokens special (4.x did): register them, so that
+        # decode(..., skip_special_tokens=True) drops them as fairseq does; their ids stay the same
+        languages = [lang_token(code) for code in tokenization.FAIRSEQ_LANGUAGE_CODES["m2m100"]]
+        tokenizer = tokenization.M2M100Tokenizer(vocab_file, spm_file, src_lang=src, tgt_lang=tgt,
+                                                 language_codes="m2m100", extra_special_tokens=languages)
     return list(tokenizer.save_pretrained(out_dir))
 
 
@@ -242,5 +253,5 @@ def specials_of(dictionary) -> Dict[str, int]:
 
 def optional_spm(path: Optional[str]) -> Optional[str]:
     if path is not None and not os.path.isfile(path):
-        raise FileNotFoundError(f"--spm {path}: no such SentencePiece model file")
+        raise LSLoFileError(f"--spm {path}: no such SentencePiece model file")
     return path

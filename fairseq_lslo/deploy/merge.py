@@ -12,9 +12,7 @@ converts it, and it translates that one direction exactly as the LSLo model does
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import tempfile
 from argparse import Namespace
 from collections import OrderedDict
@@ -22,13 +20,16 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from ..checkpoint_io import CheckpointError, atomic_torch_save, load_checkpoint
-from ..languages import LSLoConfigError
+from ..checkpoint_io import CheckpointError, atomic_torch_save
+from ..errors import LSLoConfigError
 from ..modules.adapter_state import ModuleAdapters, group_adapters, module_delta
 from ..modules.keys import is_lslo_key
 from ..modules.spec import LSLoSpec
 
 PLAIN_ARCH = "transformer"
+#: the key of a merged checkpoint's model section that names the direction it was made for ("en-de");
+#: not ``lslo_``-prefixed: the plain model section carries no LSLo flag
+MERGED_KEY = "merged_direction"
 Direction = Tuple[str, str]
 
 
@@ -130,11 +131,25 @@ def config_of(state: Mapping[str, Any]) -> Dict[str, Any]:
     return _plain(dict(cfg))
 
 
+def merged_direction(state: Mapping[str, Any]) -> Optional[str]:
+    """``"en-de"`` for a checkpoint written by lslo-merge (the model section's ``merged_direction``, or the
+    top-level entry older merged files carry alone), else None."""
+    model_cfg = (state.get("cfg") or {}).get("model") if isinstance(state.get("cfg"), Mapping) else None
+    made_for = getattr(model_cfg, MERGED_KEY, None) or (model_cfg.get(MERGED_KEY) if isinstance(model_cfg, Mapping) else None)
+    if made_for:
+        return str(made_for)
+    merged = state.get("lslo_merged") or {}
+    if merged.get("source_lang") and merged.get("target_lang"):
+        return f"{merged['source_lang']}-{merged['target_lang']}"
+    return None
+
+
 def fairseq_layout_checkpoint(state: Mapping[str, Any], model: Dict[str, torch.Tensor], src: str, tgt: str) -> Dict[str, Any]:
     """A checkpoint laid out as fairseq's trainer writes one (``args: None``, ``cfg`` with the model and
     task sections readable by attribute), holding ``model`` as a plain ``transformer`` for ``src``-``tgt``."""
     cfg = config_of(state)
-    cfg["model"] = namespace_dict(plain_model_args(cfg["model"], src, tgt))
+    # the direction it was made for: with the plugin, fairseq's tools and the Translator refuse any other
+    cfg["model"] = namespace_dict({**plain_model_args(cfg["model"], src, tgt), MERGED_KEY: f"{src}-{tgt}"})
     if isinstance(cfg.get("task"), dict):
         task = {k: v for k, v in cfg["task"].items() if not k.startswith("lslo_")}
         task.update(arch=PLAIN_ARCH, user_dir=None, source_lang=src, target_lang=tgt)

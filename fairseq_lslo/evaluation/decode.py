@@ -21,6 +21,8 @@ import torch
 
 from fairseq import utils
 
+from ..errors import LSLoConfigError
+
 
 @dataclass
 class Direction:
@@ -80,11 +82,12 @@ def plan_batches(directions: Sequence[Direction], max_tokens: Optional[int], max
         for i in order.tolist():
             src_len, tgt_len = d.dataset.size(i)
             if src_len > max_positions[0] or (tgt_len or 0) > max_positions[1]:
-                raise ValueError(f"direction {d.pair}: sentence {i} has {src_len} source / {tgt_len} target tokens, "
-                                 f"more than the model's {max_positions[0]} / {max_positions[1]} positions")
+                raise LSLoConfigError(f"direction {d.pair}: sentence {i} has {src_len} source / {tgt_len} target "
+                                      f"tokens, more than the model's {max_positions[0]} / {max_positions[1]} positions")
             n = int(sizes[i])
             if max_tokens is not None and n > max_tokens:
-                raise ValueError(f"direction {d.pair}: sentence {i} has {n} tokens, more than --max-tokens {max_tokens}")
+                raise LSLoConfigError(f"direction {d.pair}: sentence {i} has {n} tokens, "
+                                      f"more than --max-tokens {max_tokens}")
             wide = max(widest, n)
             full = (max_tokens is not None and (len(current) + 1) * wide > max_tokens) or \
                    (max_sentences is not None and len(current) + 1 > max_sentences)

@@ -9,14 +9,15 @@ Takes fairseq-generate's flags (the same parser) plus the ones below.  Loads the
 decodes every direction of ``--lang-pairs`` (or ``--directions``) with the task's own sequence
 generator in mixed-direction batches, writes ``OUT/gen/{src}-{tgt}.gen`` in fairseq-generate's
 format with a record of the model that produced it (``.gen.json``), then ``OUT/scores.tsv``,
-``scores.md`` and ``heatmap.png`` through ``lslo_data_prep.score``.  A rerun skips the directions
-already decoded by the same model with the same settings; ``--shard I/N`` decodes one share of
-the directions (no scoring: score once every share is done).
+``scores.md`` and ``heatmap.png`` through ``lslo_data_prep.score``.  The language groups of the tables
+come from ``--lang-groups FILE``, else ``DATA/langs.tsv`` (as ``lslo_data_prep`` writes it), else the
+checkpoint's own LSLo configuration (a plain model: one group); FLORES codes are not needed.
+A rerun skips the directions already decoded by the same model with the same settings;
+``--shard I/N`` decodes one share of the directions (no scoring: score once every share is done).
 """
 from __future__ import annotations
 
 import ast
-import logging
 import os
 import sys
 import time
@@ -25,18 +26,19 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from lslo_data_prep.fsutil import atomic_write_text
+from lslo_common.atomic import atomic_write_text
+from lslo_common.langset_file import LangRow
 from lslo_data_prep.hypotheses import mismatch, model_identity, read_record, write_record
-from lslo_data_prep.langsets import DataPrepError
+from lslo_data_prep.langsets import read_langset
 from lslo_data_prep.score import Scorer, check_directions, score
 
-from ..checkpoint_io import CheckpointError
+from ..checkpoint_io import load_checkpoint
+from ..errors import LSLoError, LSLoFileError
 from ..langtok import lang_token
-from ..languages import LSLoConfigError
 from .decode import Direction, OutputFormat, Progress, decode, load_directions, plan_batches
 
 
-class EvaluateError(ValueError):
+class EvaluateError(LSLoError, ValueError):
     """Bad input: the message names the flag, file or direction."""
 
 
@@ -85,16 +87,62 @@ def settings_of(args, dtype: str) -> dict:
     return out
 
 
-def check_languages(state: dict, args, pairs: List[str]) -> None:
-    """Every language of ``pairs`` is one of the LSLo checkpoint's (or its adapter file's)."""
+def data_paths(args) -> List[str]:
+    """The data directories of DATA (fairseq's ``dir1:dir2`` shards); a missing one is an error."""
+    paths = [p for p in str(args.data).split(os.pathsep) if p]
+    for path in paths or [str(args.data)]:
+        if not os.path.isdir(path):
+            raise LSLoFileError(f"DATA {path}: no such directory (the fairseq data directory written by "
+                                f"fairseq-preprocess, with dict.*.txt and the {args.gen_subset} split)")
+    return paths
+
+
+def check_split(args, pairs: List[str]) -> None:
+    """Every direction has its ``--gen-subset`` binaries in the first data directory (either orientation)."""
+    first = data_paths(args)[0]
+    names = os.listdir(first)
+    split = args.gen_subset
+    for pair in pairs:
+        src, tgt = pair.split("-")
+        prefixes = (f"{split}.{src}-{tgt}.{src}.", f"{split}.{tgt}-{src}.{src}.")
+        if not any(n.startswith(prefixes) for n in names):
+            raise LSLoFileError(f"--gen-subset {split}: DATA {first} has no {split} split for {pair} (expected "
+                                f"{prefixes[0]}bin/.idx or {prefixes[1]}bin/.idx)")
+
+
+def lslo_spec(state: dict, args):
+    """(LSLo configuration, where it was read) of the checkpoint or its --lslo-adapters file; (None, None)."""
     from ..modules.adapter_file import load_adapters
     from ..modules.spec import CONFIG_KEY, LSLoSpec
 
-    where, codes = args.path, None
     if CONFIG_KEY in state["model"]:
-        codes = LSLoSpec.from_state(state["model"], args.path).codes
-    elif args.lslo_adapters:
-        codes, where = load_adapters(args.lslo_adapters)[0].codes, args.lslo_adapters
+        return LSLoSpec.from_state(state["model"], args.path), args.path
+    if args.lslo_adapters:
+        return load_adapters(args.lslo_adapters)[0], args.lslo_adapters
+    return None, None
+
+
+def language_groups(args, state: dict, pairs: List[str]) -> Tuple[List[LangRow], str]:
+    """(language rows with their groups, where they come from) for the score tables."""
+    if args.lang_groups:
+        if not os.path.isfile(args.lang_groups):
+            raise LSLoFileError(f"--lang-groups {args.lang_groups}: no such file "
+                                f"(rows 'code<TAB>[flores_code<TAB>]group')")
+        return read_langset(args.lang_groups, flores_optional=True), f"--lang-groups {args.lang_groups}"
+    beside_data = os.path.join(data_paths(args)[0], "langs.tsv")
+    if os.path.isfile(beside_data):
+        return read_langset(beside_data, flores_optional=True), beside_data
+    spec, where = lslo_spec(state, args)
+    if spec is not None:
+        return [LangRow(code, None, group) for code, group in spec.languages], f"the LSLo configuration of {where}"
+    codes = list(dict.fromkeys(code for pair in pairs for code in pair.split("-")))
+    return [LangRow(code, None, "all") for code in codes], "--lang-pairs"
+
+
+def check_languages(state: dict, args, pairs: List[str]) -> None:
+    """Every language of ``pairs`` is one of the LSLo checkpoint's (or its adapter file's)."""
+    spec, where = lslo_spec(state, args)
+    codes = spec.codes if spec is not None else None
     for pair in pairs:
         for code in pair.split("-"):
             if codes is not None and code not in codes:
@@ -150,12 +198,19 @@ def build(cfg, args, overrides: dict, pairs: List[str]):
 
 
 def build_generator(task, model, cfg):
-    """The task's own generator; the per-direction target token is stripped per sentence (OutputFormat)."""
+    """fairseq's generator for the task; the per-direction target token is stripped per sentence (OutputFormat).
+
+    Built by ``FairseqTask.build_generator``: the multilingual task's override only adds the stripping of
+    one fixed ``--target-lang`` token (which ``keep_inference_langtok`` turns off anyway) and, with the
+    plugin's decoding fixes, refuses to build without ``-t`` (one direction at a time), which is right for
+    fairseq-generate and wrong here, where every sentence brings its own target language.
+    """
+    from fairseq.tasks import FairseqTask
     from omegaconf import OmegaConf
 
     gen_args = Namespace(**OmegaConf.to_container(cfg.generation, resolve=True))
     gen_args.keep_inference_langtok = True  # the multilingual task would strip one fixed --target-lang token
-    return task.build_generator([model], gen_args)
+    return FairseqTask.build_generator(task, [model], gen_args)
 
 
 def writer(gen_dir: str, model_id: dict, settings: dict):
@@ -167,9 +222,22 @@ def writer(gen_dir: str, model_id: dict, settings: dict):
     return write
 
 
+def check_files(args) -> None:
+    """The files and directories the flags name exist (before fairseq's configuration machinery runs)."""
+    if not args.path or not os.path.isfile(args.path):
+        raise LSLoFileError(f"--path {args.path}: no such checkpoint file (one checkpoint, not an ensemble)")
+    if args.lslo_adapters and not os.path.isfile(args.lslo_adapters):
+        raise LSLoFileError(f"--lslo-adapters {args.lslo_adapters}: no such file (an lslo-export .safetensors file)")
+    data_paths(args)
+    if getattr(args, "lang_dict", None) and not os.path.isfile(args.lang_dict):
+        raise LSLoFileError(f"--lang-dict {args.lang_dict}: no such file (one language code per line)")
+    all_pairs, pairs = select_directions(args)
+    check_languages(load_checkpoint(args.path, mmap=True), args, all_pairs)  # a language the model lacks first
+    check_split(args, pairs)
+
+
 def run(args, cfg) -> int:
-    if cfg.common_eval.path is None or not os.path.isfile(args.path):
-        raise EvaluateError(f"--path {args.path}: no such checkpoint file (one checkpoint, not an ensemble)")
+    check_files(args)
     use_cuda = torch.cuda.is_available() and not cfg.common.cpu
     if (cfg.common.fp16 or cfg.common.bf16) and not use_cuda:
         raise EvaluateError("--fp16/--bf16 cast the model for a GPU; there is none here (or --cpu is given)")
@@ -184,10 +252,15 @@ def run(args, cfg) -> int:
     model_id = model_identity({"checkpoint": args.path, "adapters": args.lslo_adapters}, args.model_overrides)
     dtype = "fp16" if cfg.common.fp16 else "bf16" if cfg.common.bf16 else "fp32"
     settings = settings_of(args, dtype)
+    langs, langs_where = None, None
     if scoring:  # fail now, not after hours of decoding
         if not args.raw:
             raise EvaluateError("--raw: the references folder is needed for scoring (or pass --no-score)")
-        check_directions(args.data, args.raw, all_pairs, args.gen_subset)
+        if not os.path.isdir(args.raw):
+            raise LSLoFileError(f"--raw {args.raw}: no such directory (plain-text references "
+                                f"{args.gen_subset}.LANG)")
+        langs, langs_where = language_groups(args, load_checkpoint(args.path, mmap=True), all_pairs)
+        check_directions(args.data, args.raw, all_pairs, args.gen_subset, langs, langs_where)
         Scorer(args.spm_model).check()
     todo = pending(gen_dir, pairs, model_id, settings)
     print(f"lslo-evaluate: {len(pairs)} direction(s) here, {len(pairs) - len(todo)} already decoded, "
@@ -200,7 +273,8 @@ def run(args, cfg) -> int:
                   "or python -m lslo_data_prep.score --checkpoint CKPT)", file=sys.stderr)
         return 0
     pending(gen_dir, all_pairs, model_id, settings)  # every direction of the table: decoded by this model
-    score(args.data, args.raw, gen_dir, args.out_dir, args.spm_model, all_pairs, args.gen_subset, model_id)
+    score(args.data, args.raw, gen_dir, args.out_dir, args.spm_model, all_pairs, args.gen_subset, model_id, langs,
+          langs_where)
     print(open(os.path.join(args.out_dir, "scores.md"), encoding="utf-8").read())
     print(f"{len(all_pairs)} directions scored -> {args.out_dir}/scores.tsv, scores.md, heatmap.png")
     return 0

@@ -25,7 +25,7 @@ import os
 from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 from ..checkpoint_io import CheckpointError, load_checkpoint
-from ..languages import LSLoConfigError
+from ..errors import LSLoConfigError
 
 logger = logging.getLogger(__name__)
 

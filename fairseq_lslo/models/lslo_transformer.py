@@ -6,10 +6,9 @@ share the original weights.  Everything that is not LSLo is frozen.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-from typing import Any, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor
@@ -20,21 +19,19 @@ from fairseq.models.transformer import (
     TransformerDecoderBase,
     TransformerEncoderBase,
     TransformerModel,
-    base_architecture,
 )
 
-from ..data_check import check_binarized
-from ..langtok import LanguageTokens, task_directions
-from ..languages import LSLoConfigError
+from ..data_check import check_training_data
+from ..errors import LSLoConfigError
 from ..modules.adapter_file import load_adapters
 from ..modules.keys import bank_attr, is_lslo_key, join
 from ..modules.lslo_linear import INITS, SCALINGS, LSLoLinear
 from ..modules.placement import DECODER_POSITIONS, ENCODER_POSITIONS, ROUTES, compact_routing
 from ..modules.routing import BatchLanguages, LanguageResolver, LanguageRouter
-from ..modules.spec import CONFIG_KEY, FFN_COVERAGES, PARAMETERISATION, PRESETS, LSLoSpec, resolve_preset
+from ..modules.spec import CONFIG_KEY, FFN_COVERAGES, PRESETS, LSLoSpec
 from ..optim.training_clock import follow_task
-from .base_architecture import inherit_base_architecture
-from .bf16_device import keep_bf16_off_tpu
+from .architectures import ARCHITECTURES, lslo_base_architecture
+from .task_check import build_resolver
 
 logger = logging.getLogger(__name__)
 
@@ -320,40 +317,6 @@ class LSLoTransformerModel(TransformerModel):
         return result
 
 
-def build_resolver(spec: LSLoSpec, task) -> LanguageResolver:
-    """Check the task's languages against the spec; read tokens where fairseq puts them (langtok.py)."""
-    inventory = spec.inventory
-    targs = getattr(task, "args", None)
-    for flag, attr in (("--source-lang", "source_lang"), ("--target-lang", "target_lang")):
-        code = getattr(targs, attr, None)
-        if code is not None and code not in inventory:
-            raise LSLoConfigError(f"language {code!r} of {flag} is not in --lslo-langs ({inventory.to_spec()})")
-    for pair in task_directions(task):
-        for code in pair.split("-"):
-            if code not in inventory:
-                raise LSLoConfigError(
-                    f"language {code!r} of --lang-pairs is not in --lslo-langs ({inventory.to_spec()}); "
-                    f"add it as {code}:GROUP"
-                )
-    tokens = LanguageTokens.from_task(task, inventory.codes)
-    return LanguageResolver(tokens, needs_src=spec.needs_src, needs_tgt=spec.needs_tgt)
-
-
-def check_training_data(task) -> None:
-    """In fairseq-train, fail before the first update if a data file is missing, truncated or in another
-    format than ``--dataset-impl`` (every impl fairseq offers: see data_check.py)."""
-    targs = getattr(task, "args", None)
-    pairs = getattr(task, "lang_pairs", None)
-    if not getattr(task, "training", False) or not pairs or not getattr(targs, "data", None):
-        return
-    dirs = targs.data.split(":")
-    impl = getattr(targs, "dataset_impl", None)
-    check_binarized(dirs, [targs.train_subset], pairs, impl)
-    valid = [s for s in str(getattr(targs, "valid_subset", "")).split(",") if s]
-    if valid and not getattr(targs, "disable_validation", False):
-        check_binarized(dirs[:1], valid, pairs, impl)
-
-
 def log_parameter_counts(model: LSLoTransformerModel) -> None:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -372,87 +335,5 @@ def _describe(side) -> str:
     return f"positions={','.join(side.positions) or 'none'} routing={compact_routing(side.routing)}"
 
 
-# --- architectures -----------------------------------------------------------------------
-def lslo_base_architecture(args):
-    if getattr(args, "lslo_adapters", None) and os.path.exists(args.lslo_adapters):
-        fill_args_from_adapters(args, args.lslo_adapters)
-    args.lslo_rank = getattr(args, "lslo_rank", None) or "2"
-    if getattr(args, "lslo_alpha", None) is None:
-        args.lslo_alpha = 1.0
-    args.lslo_encoder_positions = getattr(args, "lslo_encoder_positions", None) or "fc1,fc2"
-    args.lslo_decoder_positions = getattr(args, "lslo_decoder_positions", None) or "fc1,fc2"
-    args.lslo_encoder_routing = getattr(args, "lslo_encoder_routing", None) or "auto"
-    args.lslo_decoder_routing = getattr(args, "lslo_decoder_routing", None) or "auto"
-    resolve_preset(args)
-    base_architecture(args)
-
-
-def fill_args_from_adapters(args, path: str) -> None:
-    """LSLo flags the user did not give are taken from the adapter file's configuration."""
-    spec, _ = load_adapters(path)
-    ranks = {}
-    for (code, group), rank in zip(spec.languages, spec.ranks):
-        ranks.setdefault(group, rank)
-    values = {
-        "lslo_langs": ",".join(f"{code}:{group}" for code, group in spec.languages),
-        "lslo_rank": ",".join(f"{g}:{r}" for g, r in ranks.items()),
-        "lslo_alpha": spec.alpha,
-        "lslo_shared_rank": spec.shared_rank,
-        "lslo_encoder_positions": ",".join(spec.encoder.positions) or "none",
-        "lslo_decoder_positions": ",".join(spec.decoder.positions) or "none",
-        "lslo_encoder_routing": compact_routing(spec.encoder.routing),
-        "lslo_decoder_routing": compact_routing(spec.decoder.routing),
-    }
-    if getattr(args, "lslo_preset", None) in (None, ""):
-        # with a preset given, the preset and the flags decide the parameterisation (a mismatch
-        # with the file is then reported by load_lslo_adapters)
-        values.update({dest: getattr(spec, name) for dest, (name, _) in PARAMETERISATION.items()})
-        values["lslo_ffn_slice_offset"] = spec.ffn_slice_offset
-    for name, value in values.items():
-        if getattr(args, name, None) in (None, ""):
-            setattr(args, name, value)
-    # the kept ranks of a rank-pruned export are part of the file's shapes, never a flag
-    args.lslo_bank_ranks = json.dumps(spec.bank_ranks, sort_keys=True) if spec.bank_ranks else None
-
-
-@register_model_architecture("lslo_transformer", "lslo_transformer")
-def lslo_transformer(args):
-    """Any fairseq transformer: with a base checkpoint, every dimension comes from it."""
-    keep_bf16_off_tpu(args)
-    inherit_base_architecture(args)
-    lslo_base_architecture(args)
-
-
-def m2m100_values(dim: int, ffn: int, layers: int) -> Dict[str, Any]:
-    """The FLORES-101 M2M-100 checkpoints as their converted configurations describe them:
-    pre-norm, shared embeddings, relu, dropout 0.1, 16 heads.  A base checkpoint's own stored
-    values win over these (``inherit_base_architecture``)."""
-    values: Dict[str, Any] = {}
-    for side in ("encoder", "decoder"):
-        values.update({
-            f"{side}_embed_dim": dim, f"{side}_ffn_embed_dim": ffn, f"{side}_layers": layers,
-            f"{side}_attention_heads": 16, f"{side}_normalize_before": True,
-        })
-    values.update({
-        "share_all_embeddings": True, "share_decoder_input_output_embed": True, "activation_fn": "relu",
-        "dropout": 0.1, "attention_dropout": 0.1, "max_source_positions": 1024, "max_target_positions": 1024,
-    })
-    return values
-
-
-def _m2m100(args, values: Dict[str, Any]) -> None:
-    keep_bf16_off_tpu(args)
-    inherit_base_architecture(args, values)
-    for key, value in values.items():
-        setattr(args, key, getattr(args, key, value))
-    lslo_base_architecture(args)
-
-
-@register_model_architecture("lslo_transformer", "lslo_m2m100_615m")
-def lslo_m2m100_615m(args):
-    _m2m100(args, m2m100_values(dim=1024, ffn=4096, layers=12))
-
-
-@register_model_architecture("lslo_transformer", "lslo_m2m100_175m")
-def lslo_m2m100_175m(args):
-    _m2m100(args, m2m100_values(dim=512, ffn=2048, layers=6))
+for _name, _fill in ARCHITECTURES.items():  # lslo_transformer, lslo_m2m100_615m, lslo_m2m100_175m
+    register_model_architecture("lslo_transformer", _name)(_fill)

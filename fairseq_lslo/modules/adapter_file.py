@@ -26,8 +26,9 @@ from typing import Dict, Mapping, Tuple
 import torch
 from torch import Tensor
 
-from ..checkpoint_io import atomic_write
-from ..languages import LSLoConfigError
+from lslo_common.atomic import atomic_write
+
+from ..errors import LSLoConfigError
 from .keys import MASK_SUFFIX, is_lslo_key
 from .spec import CONFIG_KEY, LSLoSpec
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
-from ..languages import LSLoConfigError
+from ..errors import LSLoConfigError
 
 #: position name -> attribute path inside a fairseq encoder layer
 ENCODER_POSITIONS: Dict[str, str] = {

@@ -29,7 +29,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..languages import LSLoConfigError, parse_group_values
+from ..errors import LSLoConfigError
+from ..languages import parse_group_values
 from .keys import bank_attr, entry_name, join, layer_of
 from .lslo_linear import LowRankBank, LSLoLinear, live_components
 

@@ -11,7 +11,8 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from ..languages import LanguageInventory, LSLoConfigError, dumps_config, parse_ranks
+from ..errors import LSLoConfigError
+from ..languages import LanguageInventory, dumps_config, parse_ranks
 from .keys import bucket_owners
 from .lslo_linear import INITS, SCALINGS, LowRankBank, Span
 from .placement import default_routing, parse_positions, parse_routing

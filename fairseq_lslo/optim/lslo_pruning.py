@@ -59,7 +59,7 @@ from fairseq.optim import (
 )
 from omegaconf import OmegaConf
 
-from ..languages import LSLoConfigError
+from ..errors import LSLoConfigError
 from ..modules.pruning import (
     FACTOR_CHOICES,
     SCOPES,

@@ -1,34 +1,13 @@
-"""Tiny multi-way parallel corpora, binarized the way translation_multi_simple_epoch reads them.
-
-Each language renders a shared "concept" sequence with its own words (``{lang}{id}``);
-``de``-like languages (listed in ``REVERSED``) reverse the word order.  The mapping is
-deterministic, so a small transformer learns it and the loss visibly goes down.
-"""
+"""The corpora of :mod:`fairseq_lslo.testing.corpus`, binarized by fairseq-preprocess the way
+translation_multi_simple_epoch reads them."""
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
 from typing import Dict, List, Sequence
 
-REVERSED = {"de", "ja"}
-SPLITS = {"train": 240, "valid": 24, "test": 12}
-
-
-def render(concepts: Sequence[int], lang: str) -> str:
-    words = [f"{lang}{c}" for c in concepts]
-    return " ".join(reversed(words) if lang in REVERSED else words)
-
-
-def make_corpus(langs: Sequence[str], n_concepts: int = 12, seed: int = 1, splits=None) -> Dict[str, Dict[str, List[str]]]:
-    """{split: {lang: [sentence, ...]}}, multi-way parallel."""
-    rng = random.Random(seed)
-    out: Dict[str, Dict[str, List[str]]] = {}
-    for split, n in (splits or SPLITS).items():
-        concepts = [[rng.randrange(n_concepts) for _ in range(rng.randint(2, 6))] for _ in range(n)]
-        out[split] = {lang: [render(c, lang) for c in concepts] for lang in langs}
-    return out
+from .corpus import make_corpus
 
 
 def write_dictionary(path: str, corpus: Dict[str, Dict[str, List[str]]]) -> None:
