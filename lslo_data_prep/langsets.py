@@ -39,11 +39,13 @@ def directions(rows: List[LangRow]) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m lslo_data_prep.langsets FILE [pairs|codes|spec]``: print for shell scripts."""
+    """``python -m lslo_data_prep.langsets FILE [pairs|codes|spec|name]``: print for shell scripts."""
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or len(argv) > 2 or (len(argv) == 2 and argv[1] not in PRINTS):
-        print(f"usage: python -m lslo_data_prep.langsets FILE [{'|'.join(PRINTS)}]", file=sys.stderr)
+    if not argv or len(argv) > 2 or (len(argv) == 2 and argv[1] not in (*PRINTS, "name")):
+        print(f"usage: python -m lslo_data_prep.langsets FILE [{'|'.join(PRINTS)}|name]", file=sys.stderr)
         return USAGE_ERROR
+    if len(argv) == 2 and argv[1] == "name":
+        return run_tool("lslo_data_prep.langsets", lambda: print(set_name(argv[0], read_langset(argv[0]))))
     rows_of = PRINTS[argv[1] if len(argv) == 2 else "pairs"]
     return run_tool("lslo_data_prep.langsets", lambda: print(rows_of(read_langset(argv[0]))))
 
@@ -54,6 +56,18 @@ PRINTS = {
     "codes": lambda rows: ",".join(r.code for r in rows),
     "spec": lambda rows: ",".join(f"{r.code}:{r.group}" for r in rows),
 }
+
+
+def set_name(path: str, rows: List[LangRow]) -> str:
+    """A folder name for a language set: the file's name and a hash of its languages, codes, FLORES
+    codes and groups in order (two different inventories never get the same name)."""
+    import hashlib
+    import os
+
+    stem = os.path.basename(path)
+    stem = stem[:-4] if stem.endswith(".tsv") else stem
+    digest = hashlib.sha1("\n".join(f"{r.code}\t{r.flores}\t{r.group}" for r in rows).encode("utf-8")).hexdigest()
+    return f"{stem}-{len(rows)}langs-{digest[:8]}"
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from lslo_common.langset_file import LangRow
 from lslo_common.runner import run_tool
 
 from .fsutil import sha256_file
-from .hypotheses import check_same_model, model_identity
+from .hypotheses import check_same_model, describe, model_identity
 from .langsets import DataPrepError, directions, read_langset
 
 
@@ -127,6 +127,10 @@ def group_table(rows: List[dict], groups: List[str], metric: str) -> List[str]:
 
 
 def heatmap(rows: List[dict], langs: List[LangRow], path: str) -> None:
+    import logging
+
+    # fairseq/hydra leave the root logger at DEBUG: matplotlib's import and font search would log ~230 lines
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,7 +176,7 @@ def score(data: str, raw: str, gen_dir: str, out_dir: str, spm_model: Optional[s
     for pair, gen in zip(wanted, gens):
         if not os.path.isfile(gen):
             raise DataPrepError(f"{gen} is missing: direction {pair} was not decoded")
-    check_same_model(gens, expect)
+    model = check_same_model(gens, expect)
     cache_path = os.path.join(out_dir, "scores.cache.json")
     cache = read_cache(cache_path)
     tokenizer_id = f"spm:{sha256_file(spm_model)}" if spm_model else "sacrebleu:flores101"
@@ -204,6 +208,8 @@ def score(data: str, raw: str, gen_dir: str, out_dir: str, spm_model: Optional[s
     tokenizer = f"local SentencePiece model {spm_model}, --tokenize none" if spm_model else "sacrebleu flores101"
     md = [f"# FLORES-101 {split}: {len(rows)} directions", "",
           f"spBLEU ({tokenizer}) and chrF++ (word order 2), averaged over directions; (n) = directions.", ""]
+    if model is not None:  # which model decoded every direction (e.g. checkpoint_last.pt of a pruning run)
+        md[1:1] = ["", f"Decoded by: {describe(model)}."]
     md += group_table(rows, groups, "spBLEU") + [""] + group_table(rows, groups, "chrF++") + [""]
     atomic_write_text(os.path.join(out_dir, "scores.md"), "\n".join(md))
     heatmap(rows, langs, os.path.join(out_dir, "heatmap.png"))

@@ -16,7 +16,15 @@ DATA_ROOT=${DATA_ROOT:-$LSLO_REPO/work/flores}   # downloads and unpacked archiv
 FLORES_DIR=${FLORES_DIR:-$DATA_ROOT/flores101_dataset}
 MODEL_DIR=${MODEL_DIR:-$DATA_ROOT/flores101_mm100_$MODEL_SIZE}
 PRETRAINED=${PRETRAINED:-$MODEL_DIR/model.pt}
-PREP_DIR=${PREP_DIR:-$DATA_ROOT/prepared-$LANGSET-$MODEL_SIZE}
+# The language set's name in folder names: LANGSET for a shipped lslo_data_prep/langs/$LANGSET.tsv;
+# for a LANGS_TSV of your own, its file name, its number of languages and a hash of its rows (e.g.
+# mine-10langs-1a2b3c4d), so that different inventories never share prepared data or run folders.
+if [ -z "${SET_NAME:-}" ]; then
+  if [ "$LANGS_TSV" = "$LSLO_REPO/lslo_data_prep/langs/$LANGSET.tsv" ]; then SET_NAME=$LANGSET
+  elif [ -f "$LANGS_TSV" ]; then SET_NAME=$("$LSLO_PYTHON" -m lslo_data_prep.langsets "$LANGS_TSV" name)
+  else SET_NAME=$(basename "$LANGS_TSV" .tsv); fi
+fi
+PREP_DIR=${PREP_DIR:-$DATA_ROOT/prepared-$SET_NAME-$MODEL_SIZE}
 DATA_DIR=${DATA_DIR:-$PREP_DIR/bin}              # what fairseq reads
 RAW_DIR=${RAW_DIR:-$PREP_DIR/raw}                # plain-text references
 TRAIN_SPLIT=${TRAIN_SPLIT:-dev}
@@ -33,11 +41,19 @@ case "$PRESET" in
   ours|paper) ;;
   *) echo "PRESET=$PRESET: expected ours or paper" >&2; exit 2 ;;
 esac
-RUN_DIR=${RUN_DIR:-$DATA_ROOT/runs/$LANGSET-$MODEL_SIZE-$METHOD$([ "$PRESET" = ours ] || echo "-$PRESET")}
+RUN_DIR=${RUN_DIR:-$DATA_ROOT/runs/$SET_NAME-$MODEL_SIZE-$METHOD$([ "$PRESET" = ours ] || echo "-$PRESET")}
 SAVE_DIR=${SAVE_DIR:-$RUN_DIR/checkpoints}
 EVAL_DIR=${EVAL_DIR:-$RUN_DIR/eval}
-# the checkpoint the evaluation step decodes: ours the best on valid, the paper's the last epoch's
-EVAL_CHECKPOINT=${EVAL_CHECKPOINT:-$SAVE_DIR/checkpoint_$([ "$PRESET" = paper ] && echo last || echo best).pt}
+# The checkpoint the evaluation step decodes: the last one for pruning runs (the model at its final
+# sparsity, as the reference evaluates it; the best on valid may be from before pruning ended) and for
+# PRESET=paper (the reference's last epoch); otherwise the best on valid.
+if [ "$METHOD" = lslo_prune ] || [ "$PRESET" = paper ]; then _ckpt=last; else _ckpt=best; fi
+EVAL_CHECKPOINT=${EVAL_CHECKPOINT:-$SAVE_DIR/checkpoint_$_ckpt.pt}
+unset _ckpt
+
+# --- threads ------------------------------------------------------------------------------
+# one OpenMP thread per process unless you set it: on a loaded CPU more threads run slower
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 # --- architecture (must match the checkpoint) --------------------------------------------
 case "$MODEL_SIZE" in

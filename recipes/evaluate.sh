@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Decode every direction with one model load (lslo-evaluate, beam 5) and score spBLEU + chrF++ per direction.
-#   CKPT=...             checkpoint (default EVAL_CHECKPOINT of common.sh: checkpoint_best.pt, PRESET=paper: _last)
+#   CKPT=...             checkpoint (default EVAL_CHECKPOINT of common.sh: checkpoint_last.pt for METHOD=lslo_prune
+#                        and PRESET=paper, else checkpoint_best.pt); the log and scores.md name it
 #   EVAL_PAIRS=en-fr,... directions (default: all of the language set)
 #   EVAL_STAGE=all|generate|score
 #   EVAL_SHARD=I/N       decode only share I (0-based) of N of the directions (generate; SLURM array tasks)
@@ -20,6 +21,13 @@ EVAL_SHARD=${EVAL_SHARD:-}
 SCORE_SPM_MODEL=${SCORE_SPM_MODEL:-}
 ALL_PAIRS=$(lslo_all_pairs)
 EVAL_PAIRS=${EVAL_PAIRS:-$ALL_PAIRS}
+
+case "$(basename "$CKPT")" in
+  checkpoint_last.pt) _why="the last checkpoint$([ "$METHOD" = lslo_prune ] && echo ": the model at its final sparsity, as the reference evaluates pruning runs")" ;;
+  checkpoint_best.pt) _why="the best checkpoint on the valid set" ;;
+  *) _why="CKPT / EVAL_CHECKPOINT as given" ;;
+esac
+echo "evaluate.sh: evaluating $CKPT ($_why)" >&2
 
 case "$EVAL_STAGE" in
   all|generate)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # download -> prepare -> train -> evaluate, locally or as dependent SLURM jobs.
-#   LANGSET=lang12|lang30  METHOD=lslo_prune|lslo|shared|full|search  MODEL_SIZE=615M|175M
+#   LANGSET=lang12|lang30 (or LANGS_TSV=FILE)  METHOD=lslo_prune|lslo|shared|full|search  MODEL_SIZE=615M|175M
 #   STEPS=download,prepare,train,evaluate (a subset runs only those)
 #   DRY_RUN=1  print every command instead of running it
 #   SLURM=1    download here (compute nodes are often offline), then submit prepare, train,
@@ -14,6 +14,7 @@ SLURM=${SLURM:-0}
 has_step() { [[ ",$STEPS," == *",$1,"* ]]; }
 
 [ -f "$LANGS_TSV" ] || { echo "flores_chain.sh: language set $LANGS_TSV not found (LANGSET / LANGS_TSV)" >&2; exit 2; }
+echo "flores_chain.sh: language set $SET_NAME ($LANGS_TSV), OMP_NUM_THREADS=$OMP_NUM_THREADS" >&2
 
 download=("$LSLO_PYTHON" -m lslo_data_prep.download)
 prepare=("$LSLO_PYTHON" -m lslo_data_prep.prepare --langs "$LANGS_TSV" --flores-dir "$FLORES_DIR" --model-dir "$MODEL_DIR"

@@ -16,13 +16,20 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 paper() { [ "$PRESET" = paper ]; }
 
 LR=${LR:-$([ "$METHOD" = full ] && echo 1e-4 || echo 3e-3)}
-WARMUP_UPDATES=${WARMUP_UPDATES:-$(paper && echo 1 || echo 4000)}
+# WARMUP_UPDATES: the paper's 1; ours a tenth of the run's updates, at most 4000 (derived below from
+# MAX_UPDATE or MAX_EPOCH x the estimated updates per epoch; 4000 when neither can be known)
+WARMUP_UPDATES=${WARMUP_UPDATES:-$(paper && echo 1 || true)}
 MAX_TOKENS=${MAX_TOKENS:-4000}
 UPDATE_FREQ=${UPDATE_FREQ:-4}
 MAX_EPOCH=${MAX_EPOCH:-15}
 MAX_UPDATE=${MAX_UPDATE:-0}                   # 0: no limit (MAX_EPOCH decides)
 LABEL_SMOOTHING=${LABEL_SMOOTHING:-0.2}
 SAMPLING_TEMPERATURE=${SAMPLING_TEMPERATURE:-5}
+VIRTUAL_EPOCH_SIZE=${VIRTUAL_EPOCH_SIZE:-}   # sentences per (virtual) epoch: fairseq's --virtual-epoch-size
+if [ -z "$VIRTUAL_EPOCH_SIZE" ] && [[ " ${EXTRA_TRAIN_ARGS:-} " =~ [[:space:]]--virtual-epoch-size[=[:space:]]+([0-9]+) ]]; then
+  VIRTUAL_EPOCH_SIZE=${BASH_REMATCH[1]}      # given in EXTRA_TRAIN_ARGS: the estimates below follow it too
+  _virtual_in_extra=1
+fi
 DROPOUT=${DROPOUT:-0.1}
 ATTENTION_DROPOUT=${ATTENTION_DROPOUT:-0.1}
 SEED=${SEED:-$(paper && echo 2 || echo 1)}
@@ -83,12 +90,13 @@ args=("$DATA_DIR" --user-dir "$USER_DIR"
   --finetune-from-model "$PRETRAINED" --save-dir "$SAVE_DIR"
   $(lslo_dim_flags) --dropout "$DROPOUT" --attention-dropout "$ATTENTION_DROPOUT"
   --label-smoothing "$LABEL_SMOOTHING" --adam-betas "(0.9, 0.98)"
-  --lr "$LR" --lr-scheduler inverse_sqrt --warmup-updates "$WARMUP_UPDATES"
+  --lr "$LR" --lr-scheduler inverse_sqrt
   --max-tokens "$MAX_TOKENS" --update-freq "$UPDATE_FREQ" --max-epoch "$MAX_EPOCH"
   --ddp-backend "$DDP_BACKEND" --seed "$SEED" --log-format simple --log-interval "$LOG_INTERVAL"
   --skip-invalid-size-inputs-valid-test --no-epoch-checkpoints
   --save-interval-updates "$SAVE_INTERVAL_UPDATES" --keep-interval-updates 1 --num-workers "$NUM_WORKERS")
 [ "$MAX_UPDATE" != 0 ] && args+=(--max-update "$MAX_UPDATE")
+[ -n "$VIRTUAL_EPOCH_SIZE" ] && [ -z "${_virtual_in_extra:-}" ] && args+=(--virtual-epoch-size "$VIRTUAL_EPOCH_SIZE")
 [ "$CPU" = 1 ] && args+=(--cpu)
 if [ "$AMP" = 1 ]; then args+=(--amp); else args+=($(lslo_fp16_flag)); fi
 [ -n "$LAYERDROP" ] && args+=(--encoder-layerdrop "$LAYERDROP" --decoder-layerdrop "$LAYERDROP")
@@ -104,6 +112,31 @@ world_size() {
 prune_updates() {
   awk -v e="$1" -v u="$UPDATES_PER_EPOCH" 'BEGIN { x = (e - 1) * u; printf "%d\n", (x < 0 ? 0 : x) + 0.5 }'
 }
+# UPDATES_PER_EPOCH (unless set): estimated from the prepared data the way fairseq batches it
+estimate_updates_per_epoch() {
+  [ -n "${UPDATES_PER_EPOCH:-}" ] && return 0
+  [ -f "$DATA_DIR/langs.tsv" ] || return 1
+  local cmd=("$LSLO_PYTHON" -m lslo_data_prep.epoch_size "$DATA_DIR" --max-tokens "$MAX_TOKENS"
+    --update-freq "$UPDATE_FREQ" --world-size "$(world_size)" --sampling-method temperature
+    --sampling-temperature "$SAMPLING_TEMPERATURE")
+  [ -n "$VIRTUAL_EPOCH_SIZE" ] && cmd+=(--virtual-epoch-size "$VIRTUAL_EPOCH_SIZE")
+  UPDATES_PER_EPOCH=$("${cmd[@]}") || exit 2
+  echo "train.sh: about $UPDATES_PER_EPOCH updates per epoch (estimated$([ -n "$VIRTUAL_EPOCH_SIZE" ] && echo " for virtual epochs of $VIRTUAL_EPOCH_SIZE sentences"); set UPDATES_PER_EPOCH to override)" >&2
+}
+if [ -z "$WARMUP_UPDATES" ]; then
+  if [ "$MAX_UPDATE" != 0 ]; then _total=$MAX_UPDATE
+  elif estimate_updates_per_epoch; then _total=$(( MAX_EPOCH * UPDATES_PER_EPOCH ))
+  else _total=""; fi
+  if [ -n "$_total" ]; then
+    WARMUP_UPDATES=$(( _total / 10 )); [ "$WARMUP_UPDATES" -ge 1 ] || WARMUP_UPDATES=1
+    [ "$WARMUP_UPDATES" -le 4000 ] || WARMUP_UPDATES=4000
+    echo "train.sh: warmup $WARMUP_UPDATES updates (a tenth of the run's ~$_total updates, at most 4000; set WARMUP_UPDATES to choose)" >&2
+  else
+    WARMUP_UPDATES=4000
+    echo "train.sh: warmup 4000 updates (no prepared data to size the run from; set WARMUP_UPDATES to choose)" >&2
+  fi
+fi
+args+=(--warmup-updates "$WARMUP_UPDATES")
 if [ "$METHOD" = lslo_prune ]; then
   case "$PRUNE_UNIT" in
     updates|epochs)
@@ -112,13 +145,12 @@ if [ "$METHOD" = lslo_prune ]; then
       else prune_args+=(--lslo-prune-end "$PRUNE_END"); fi ;;
     estimated-epochs)
       [ -n "$PRUNE_END" ] || PRUNE_END=$(awk -v s="$PRUNE_START" -v d="$PRUNE_DURATION" 'BEGIN { print s + d }')
-      if [ -n "${UPDATES_PER_EPOCH:-}" ]; then :
-      elif [ "${DRY_RUN:-0}" = 1 ] && [ ! -f "$DATA_DIR/langs.tsv" ]; then UPDATES_PER_EPOCH=1000
+      if estimate_updates_per_epoch; then :
+      elif [ "${DRY_RUN:-0}" = 1 ]; then UPDATES_PER_EPOCH=1000
         echo "train.sh: dry run without data: pruning schedule shown for UPDATES_PER_EPOCH=1000" >&2
       else
-        UPDATES_PER_EPOCH=$("$LSLO_PYTHON" -m lslo_data_prep.epoch_size "$DATA_DIR" --max-tokens "$MAX_TOKENS" \
-          --update-freq "$UPDATE_FREQ" --world-size "$(world_size)")
-        echo "train.sh: about $UPDATES_PER_EPOCH updates per epoch (estimated; set UPDATES_PER_EPOCH to override)" >&2
+        echo "train.sh: $DATA_DIR/langs.tsv is missing: cannot estimate the updates per epoch (run the prepare step, or set UPDATES_PER_EPOCH)" >&2
+        exit 2
       fi
       prune_args=(--lslo-prune-unit updates --lslo-prune-start "$(prune_updates "$PRUNE_START")"
         --lslo-prune-end "$(prune_updates "$PRUNE_END")") ;;

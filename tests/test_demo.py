@@ -57,6 +57,75 @@ def test_the_parameterisation_study_differs_only_in_the_preset():
     assert seeded[seeded.index("--seed") + 1] == "7"
 
 
+def test_sizes_run_what_they_say():
+    """make demo: the methods comparison only; DEMO=study and DEMO=pruning reuse its data and base model."""
+    from dataclasses import asdict
+
+    from fairseq_lslo.demo.config import base_key
+
+    assert CONFIGS["default"].methods == ("base", "full", "shared_lora", "lslo", "lslo_pruned")
+    assert all(METHODS[m].preset == "ours" for m in CONFIGS["default"].methods)
+    assert {METHODS[m].preset for m in CONFIGS["study"].methods} == {"ours", "paper"}
+    for name in ("study", "pruning"):
+        cfg = CONFIGS[name]
+        assert cfg.shares_base_of == "default" and base_key(cfg) == base_key(CONFIGS["default"])
+        assert len(cfg.study_seeds) == 2 and asdict(cfg.finetune) == asdict(CONFIGS["default"].finetune)
+    assert set(CONFIGS["tiny"].methods) == set(CONFIGS["default"].methods) | set(CONFIGS["study"].methods)
+
+
+def test_demo_help_names_the_sizes_and_methods():
+    done = subprocess.run([sys.executable, "-m", "fairseq_lslo.demo", "--help"], cwd=REPO, capture_output=True,
+                          text=True)
+    assert done.returncode == 0
+    assert "4 ways" not in done.stdout
+    for word in ("default", "study", "pruning", "tiny", "shared LoRA", "LSLo + gradual pruning"):
+        assert word in " ".join(done.stdout.split()), word
+
+
+def test_pruning_study_grid_matches_parameter_counts():
+    """Pruning 2/2/8 to 0.5 lands on the count of 1/1/4; shared LoRA rank 17 on it too; only the
+    intended flags differ between the variants."""
+    from fairseq_lslo.demo.pruning_study import pareto_front, study_methods
+
+    cfg = CONFIGS["pruning"]
+    grid = {m.name: m for m in study_methods(cfg, with_structure=True)}
+    assert {"rank_half", "rank_today", "rank_double", "prune50", "prune75", "prune90", "prune75_long",
+            "prune75_b", "prune75_layer", "prune50_rank", "prune75_rank", "shared17", "shared8",
+            "shared3"} == set(grid)
+
+    def units(ranks):  # rank units per layer and position: sum over the languages of their group's rank
+        r = dict(x.split(":") for x in ranks.split(","))
+        return sum(int(r[group]) for _code, group in cfg.languages)
+
+    assert units(grid["rank_double"].ranks) * 0.5 == units(grid["rank_today"].ranks) == 17
+    cmd = {n: train_command(cfg, "DATA", "OUT", m, "BASE.pt") for n, m in grid.items()}
+    diff = lambda a, b: [(x, y) for x, y in zip(cmd[a], cmd[b]) if x != y]  # noqa: E731
+    assert diff("prune75", "prune75_b") == [("AB", "B")]
+    assert diff("prune75", "prune75_layer") == [("language", "layer")]
+    assert diff("prune75", "prune90") == [("0.75", "0.9")]
+    i = cmd["prune50_rank"].index("--lslo-prune-structure")
+    assert cmd["prune50_rank"][i + 1] == "rank" and cmd["prune50_rank"][:i] + cmd["prune50_rank"][i + 2:] == cmd["prune50"]
+    long, today = grid["prune75_long"].pruning, grid["prune75"].pruning
+    assert long.end < today.end and cfg.finetune.updates - long.end > cfg.finetune.updates - today.end
+    assert "--lslo-shared-rank" not in cmd["shared17"]
+    assert cmd["shared8"][cmd["shared8"].index("--lslo-shared-rank") + 1] == "8"
+    # the Pareto front: nothing with fewer parameters and more BLEU
+    assert sorted(pareto_front({"a": (10, 30.0), "b": (20, 29.0), "c": (20, 35.0), "d": (5, 20.0)})) == ["a", "c", "d"]
+
+
+def test_pruning_study_runs_the_core_comparison_first():
+    from fairseq_lslo.demo.commands import runs_of
+    from fairseq_lslo.demo.pruning_study import run_order, study_methods
+
+    cfg = CONFIGS["pruning"]
+    runs = runs_of([METHODS["base"], *study_methods(cfg, True)], 1, (1, 2))
+    runs.sort(key=lambda r: run_order(r.name, r.method.name, (1, 2).index(r.seed) if r.method.study else 0))
+    names = [r.name for r in runs]
+    assert names[:3] == ["base", "rank_today", "shared17"]
+    assert names.index("prune50-seed2") < names.index("prune90") < names.index("prune90-seed2")
+    assert len(names) == len(set(names)) == 1 + 2 * 14
+
+
 @pytest.fixture(scope="module")
 def tiny_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
@@ -70,7 +139,7 @@ def tiny_demo(tmp_path_factory):
 @pytest.mark.slow
 def test_tiny_demo_outputs(tiny_demo):
     out, stdout = tiny_demo
-    assert "==> [7/7]" in stdout and "elapsed" in stdout
+    assert "==> [6/6]" in stdout and "elapsed" in stdout
     summary = json.loads((out / "summary.json").read_text())
     md = (out / "summary.md").read_text()
     assert summary["format"] == "lslo-demo/1" and summary["directions"] == 56

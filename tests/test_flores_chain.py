@@ -13,9 +13,10 @@ TINY = {**flores_fixture.TINY_DIMS, "CPU": "1", "VALID_SIZE": "8", "MAX_UPDATE":
         "UPDATE_FREQ": "1", "WARMUP_UPDATES": "1", "LOG_INTERVAL": "1", "SAVE_INTERVAL_UPDATES": "0"}
 
 
-def make(target, env, timeout=300):
+def make(target, env, timeout=300, unset=()):
     full = {**os.environ, "OMP_NUM_THREADS": "1", "LSLO_PYTHON": sys.executable, **env}
-    full.pop("MAKEFLAGS", None)
+    for name in ("MAKEFLAGS", *unset):
+        full.pop(name, None)
     return subprocess.run(["make", "-s", target], cwd=REPO, env=full, capture_output=True, text=True, timeout=timeout)
 
 
@@ -31,8 +32,10 @@ def test_make_flores12_end_to_end(tmp_path):
     r = make("flores12", env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     run = root / "runs" / "lang12-615M-lslo_prune"
-    ckpt = run / "checkpoints" / "checkpoint_best.pt"
+    ckpt = run / "checkpoints" / "checkpoint_last.pt"  # a pruning run is scored at its final sparsity
     assert ckpt.is_file()
+    assert f"evaluate.sh: evaluating {ckpt} (the last checkpoint: the model at its final sparsity" in r.stderr
+    assert "DEBUG:matplotlib" not in r.stdout + r.stderr  # the heatmap's font search stays quiet
     rows = (run / "eval" / "scores.tsv").read_text().splitlines()
     assert rows[0].split("\t") == ["src", "tgt", "src_group", "tgt_group", "spBLEU", "chrF++", "sentences"]
     assert [row.split("\t")[:4] for row in rows[1:]] == [["en", "fr", "high", "high"], ["wo", "zh", "low", "medium"]]
@@ -41,6 +44,7 @@ def test_make_flores12_end_to_end(tmp_path):
         assert 0.0 <= float(cols[4]) <= 100.0 and 0.0 <= float(cols[5]) <= 100.0 and cols[6] == "8"
     md = (run / "eval" / "scores.md").read_text()
     assert "| **high** |" in md and "| **low** |" in md and "(1)" in md
+    assert f"Decoded by: checkpoint {ckpt} (sha256 " in md
     assert (run / "eval" / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sum(line.startswith("D-") for line in (run / "eval" / "gen" / "wo-zh.gen").read_text().splitlines()) == 8
     record = json.loads((run / "eval" / "gen" / "wo-zh.gen.json").read_text())  # which checkpoint decoded it
@@ -161,3 +165,55 @@ def test_dry_run_presets_and_their_overrides(tmp_path):
 def test_dry_run_rejects_inconsistent_variables(tmp_path, env, message):
     r = make("flores12", {"DRY_RUN": "1", "STEPS": "train", "DATA_ROOT": str(tmp_path / "never"), **env})
     assert r.returncode != 0 and message in r.stderr, r.stderr
+
+
+def test_folders_follow_the_language_set_file(tmp_path):
+    """A LANGS_TSV of one's own gets folders of its own: its name, size and a hash of its rows."""
+    root = str(tmp_path / "never")
+    names = []
+    for sub, rows in (("a", "en\teng\thigh\nfr\tfra\tlow\n"), ("b", "en\teng\thigh\nde\tdeu\tlow\n")):
+        (tmp_path / sub).mkdir()
+        tsv = tmp_path / sub / "lang12.tsv"  # the shipped set's file name, other languages
+        tsv.write_text(rows)
+        lines, err = dry_run_lines({"DATA_ROOT": root, "LANGS_TSV": str(tsv)})
+        (name,) = {x.split("prepared-")[1].split("-615M")[0] for x in lines if "prepared-" in x}
+        assert name.startswith("lang12-2langs-") and f"language set {name} ({tsv})" in err
+        (train,) = [x for x in lines if "fairseq_cli.train" in x]
+        assert f"/runs/{name}-615M-lslo_prune/checkpoints" in train
+        names.append(name)
+    assert names[0] != names[1]
+    lines, _ = dry_run_lines({"DATA_ROOT": root})  # the shipped lang12.tsv keeps its plain name
+    assert any("prepared-lang12-615M/bin" in x for x in lines)
+
+
+def test_chain_sets_one_thread_unless_told(tmp_path):
+    env = {"DRY_RUN": "1", "STEPS": "train", "DATA_ROOT": str(tmp_path / "never")}
+    r = make("flores12", env, unset=("OMP_NUM_THREADS",))
+    assert r.returncode == 0 and "OMP_NUM_THREADS=1" in r.stderr, r.stderr
+    r = make("flores12", {**env, "OMP_NUM_THREADS": "3"})
+    assert r.returncode == 0 and "OMP_NUM_THREADS=3" in r.stderr, r.stderr
+
+
+def test_schedule_and_warmup_follow_the_prepared_data(tmp_path):
+    """Warmup (a tenth of the run) and the pruning schedule in estimated epochs, with virtual epochs."""
+    from lslo_data_prep.epoch_size import updates_per_epoch
+    from test_epoch_size import write_data
+
+    data = tmp_path / "bin"
+    data.mkdir()
+    write_data(data)
+    base = {"DATA_ROOT": str(tmp_path / "never"), "DATA_DIR": str(data), "STEPS": "train", "CPU": "1",
+            "MAX_TOKENS": "600", "UPDATE_FREQ": "1"}
+    per_epoch = updates_per_epoch(str(data), 600, sampling_method="temperature", temperature=5, virtual_epoch_size=500)
+    assert updates_per_epoch(str(data), 600, sampling_method="temperature", temperature=5) > 4 * per_epoch
+    for extra in ({"VIRTUAL_EPOCH_SIZE": "500"}, {"EXTRA_TRAIN_ARGS": "--virtual-epoch-size 500"}):
+        lines, err = dry_run_lines({**base, **extra})
+        (train,) = [x for x in lines if "fairseq_cli.train" in x]
+        assert f"about {per_epoch} updates per epoch" in err
+        warmup = min(4000, 15 * per_epoch // 10)
+        assert f"--warmup-updates {warmup} " in train and f"train.sh: warmup {warmup} updates" in err
+        assert f"--lslo-prune-start {per_epoch} --lslo-prune-end {11 * per_epoch} " in train
+        assert train.count("--virtual-epoch-size 500") == 1
+    lines, err = dry_run_lines({**base, "MAX_UPDATE": "700"})  # a fixed run length sizes the warmup
+    (train,) = [x for x in lines if "fairseq_cli.train" in x]
+    assert "--warmup-updates 70 " in train

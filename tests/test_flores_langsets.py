@@ -1,11 +1,11 @@
-"""The language-set files: the paper's Lang12, a balanced Lang30, readable by lslo_data_prep and --lslo-langs."""
+"""The language-set files: the paper's Lang12, a balanced Lang30, readable by data_prep and --lslo-langs."""
 import collections
 import os
 
-from lslo_data_prep.langsets import directions, read_langset
+from data_prep.langsets import directions, read_langset
 from fairseq_lslo.languages import LanguageInventory
 
-LANGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lslo_data_prep", "langs")
+LANGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data_prep", "langs")
 
 
 def test_lang12_is_the_papers():
@@ -32,13 +32,3 @@ def test_plugin_reads_the_same_files():
         inv = LanguageInventory.from_spec(path)
         assert inv.codes == [r.code for r in read_langset(path)]
         assert inv.groups == ["high", "medium", "low"]
-
-
-def test_batch_packing_estimate():
-    from lslo_data_prep.epoch_size import count_batches
-    import numpy as np
-
-    # 20 sentences of 10 tokens, 100 tokens per batch: 10 fit, rounded down to 8 -> 8 + 8 + 4
-    assert count_batches(np.full(20, 10), 100) == 3
-    # sorted by length: the 5 long ones (50 tokens) go two per batch
-    assert count_batches(np.array([50] * 5 + [5] * 8), 100) == 1 + 3

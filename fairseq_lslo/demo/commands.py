@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from .config import DemoConfig
+from .config import DemoConfig, Pruning
 from .data import fairseq_bin
 
 USER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the fairseq_lslo package
@@ -22,7 +22,11 @@ class Method:
     prune: bool = False
     trains: bool = True
     preset: str = "ours"  # --lslo-preset of the adapter methods: ours or paper (the reference's)
-    study: bool = False  # part of the parameterisation study: one run per seed of DemoConfig.study_seeds
+    study: bool = False  # run once per seed of DemoConfig.study_seeds (else once, with DemoConfig.seed)
+    ranks: str = ""  # --lslo-rank (empty: the size's LSLoSettings.ranks)
+    shared_rank: int = 0  # --lslo-shared-rank of 'shared' routing (0: the sum of the language ranks)
+    pruning: Optional[Pruning] = None  # the pruning setting of a pruning method (None: the size's)
+    snapshots: bool = False  # keep checkpoints along the run for the sparsity-over-updates plot
 
 
 METHODS: Dict[str, Method] = {m.name: m for m in (
@@ -30,11 +34,12 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
     Method("full", "full fine-tuning", "transformer", ""),
     Method("shared_lora", "shared LoRA", "lslo_transformer", "shared"),
     Method("lslo", "LSLo", "lslo_transformer", "language", study=True),
-    Method("lslo_pruned", "LSLo + gradual pruning", "lslo_transformer", "language", prune=True, study=True),
+    Method("lslo_pruned", "LSLo + gradual pruning", "lslo_transformer", "language", prune=True, study=True,
+           snapshots=True),
     Method("lslo_paper", "LSLo, reference parameterisation", "lslo_transformer", "language", preset="paper",
            study=True),
     Method("lslo_paper_pruned", "LSLo + gradual pruning, reference parameterisation", "lslo_transformer",
-           "language", prune=True, preset="paper", study=True),
+           "language", prune=True, preset="paper", study=True, snapshots=True),
 )}
 
 
@@ -47,14 +52,19 @@ class Run:
     name: str  # directory and log name: the method's name, plus -seedN for further seeds
 
 
-def runs_of(methods: Sequence[Method], seed: int, study_seeds: Sequence[int]) -> List[Run]:
+def runs_of(methods: Sequence[Method], seed: int, study_seeds: Sequence[int], seed_major: bool = False) -> List[Run]:
     """Every run: study methods once per study seed, the others once with ``seed``.  The first
-    run of a method carries its name (its results are the method's row of the results table)."""
+    run of a method carries its name (its results are the method's row of the results table).
+    ``seed_major``: every method's first seed before any second seed (a partial study then has
+    every method once)."""
     out = []
     for m in methods:
         seeds = list(study_seeds) if m.study else [seed]
         for k, s in enumerate(seeds):
             out.append(Run(m, s, m.name if k == 0 else f"{m.name}-seed{s}"))
+    if seed_major:
+        rank = {r.name: (0 if r.name == r.method.name else 1 + list(study_seeds).index(r.seed)) for r in out}
+        out.sort(key=lambda r: rank[r.name])  # stable: the methods' order within each seed
     return out
 
 
@@ -84,10 +94,12 @@ def lslo_args(cfg: DemoConfig, method: Method) -> List[str]:
     routing_dec = f"tgt*{lay}"
     if method.routing == "shared":
         routing_enc, routing_dec = f"shared*{lay}", f"shared*{lay}"
-    args = ["--lslo-langs", langs, "--lslo-rank", cfg.lslo.ranks, "--lslo-alpha", str(cfg.lslo.alpha),
+    args = ["--lslo-langs", langs, "--lslo-rank", method.ranks or cfg.lslo.ranks, "--lslo-alpha", str(cfg.lslo.alpha),
             "--lslo-encoder-positions", cfg.lslo.positions, "--lslo-decoder-positions", cfg.lslo.positions,
             "--lslo-encoder-routing", routing_enc, "--lslo-decoder-routing", routing_dec,
             "--lslo-preset", method.preset]
+    if method.shared_rank:
+        args += ["--lslo-shared-rank", str(method.shared_rank)]
     return args
 
 
@@ -96,11 +108,14 @@ def optimizer_args(lr: float, warmup: int, method: Method, cfg: DemoConfig) -> L
             "--warmup-updates", str(warmup), "--warmup-init-lr", "1e-07"]
     if not method.prune:
         return ["--optimizer", "adam", *adam]
-    p = cfg.pruning
-    return ["--optimizer", "lslo_pruning", "--lslo-inner-optimizer", "adam", *adam,
+    p = method.pruning or cfg.pruning
+    args = ["--optimizer", "lslo_pruning", "--lslo-inner-optimizer", "adam", *adam,
             "--lslo-sparsity", p.sparsity, "--lslo-prune-start", str(p.start), "--lslo-prune-end", str(p.end),
             "--lslo-prune-unit", "updates", "--lslo-prune-interval", str(p.interval),
-            "--lslo-prune-scope", "language"]
+            "--lslo-prune-scope", p.scope, "--lslo-prune-factors", p.factors]
+    if p.structure:
+        args += ["--lslo-prune-structure", p.structure]
+    return args
 
 
 def train_command(cfg: DemoConfig, data: str, save_dir: str, method: Method, base_ckpt: str = "",
@@ -121,7 +136,7 @@ def train_command(cfg: DemoConfig, data: str, save_dir: str, method: Method, bas
             "--no-epoch-checkpoints", "--disable-validation",
             "--log-format", "simple", "--log-interval", str(max(1, phase.updates // 10)),
             "--ddp-backend", "no_c10d", "--skip-invalid-size-inputs-valid-test"]
-    if method.prune:  # snapshots for the sparsity-over-updates plot
+    if method.snapshots:  # snapshots for the sparsity-over-updates plot
         cmd += ["--save-interval-updates", str(max(1, phase.updates // cfg.snapshots)), "--keep-interval-updates", "-1"]
     return cmd
 

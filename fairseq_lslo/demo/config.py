@@ -1,5 +1,14 @@
-"""The demo's two sizes: ``default`` (at most 15 minutes on 2 CPU cores without the second seed of
-the parameterisation study, ``--seeds 1``) and ``tiny`` (tests)."""
+"""The demo's sizes.
+
+* ``default`` (``make demo``): the methods comparison (base, full fine-tuning, shared LoRA, LSLo,
+  LSLo + pruning), one seed; at most 15 minutes on 2 CPU cores.
+* ``study`` (``make demo DEMO=study``): the parameterisation study (ours against the reference's,
+  with and without pruning), two seeds; it reuses the ``default`` size's data and base model.
+* ``pruning`` (``make demo DEMO=pruning``): the pruning study (:mod:`.pruning_study`), two seeds;
+  it reuses the ``default`` size's data and base model too.
+* ``tiny``: a small model on a small corpus, every method of ``default`` and ``study`` with one
+  seed (the test suite runs it).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -38,10 +47,21 @@ class LSLoSettings:
 
 @dataclass(frozen=True)
 class Pruning:
+    """One gradual-pruning setting (``--optimizer lslo_pruning``), schedule in updates."""
+
     sparsity: str
     start: int
     end: int
     interval: int
+    factors: str = "AB"  # --lslo-prune-factors
+    scope: str = "language"  # --lslo-prune-scope
+    structure: str = ""  # --lslo-prune-structure (rank | element); empty: the flag is not passed
+
+
+#: the methods comparison of ``make demo``
+COMPARISON = ("base", "full", "shared_lora", "lslo", "lslo_pruned")
+#: the parameterisation study of ``make demo DEMO=study`` (plus the base model for reference)
+PARAMETERISATION = ("base", "lslo", "lslo_pruned", "lslo_paper", "lslo_paper_pruned")
 
 
 @dataclass(frozen=True)
@@ -56,9 +76,13 @@ class DemoConfig:
     lslo: LSLoSettings = field(default_factory=LSLoSettings)
     beam: int = 2
     seed: int = 1
-    #: seeds of the parameterisation study (LSLo and LSLo + pruning, ours and the reference's)
-    study_seeds: Sequence[int] = (1, 2)
+    #: names of the methods this size runs (commands.METHODS; the pruning size has its own grid)
+    methods: Tuple[str, ...] = COMPARISON
+    #: seeds of the study methods (Method.study): one run per seed
+    study_seeds: Sequence[int] = (1,)
     snapshots: int = 5  # pruning-run checkpoints read for the sparsity-over-updates plot
+    #: the size whose data and pretrained base model this one reuses ("" = its own)
+    shares_base_of: str = ""
 
     @property
     def languages(self) -> List[Tuple[str, str]]:
@@ -87,9 +111,29 @@ def _config(name: str, model: ModelDims, spm_vocab: int, pre_updates: int, ft_up
     )
 
 
+_DEFAULT = _config("default", ModelDims(layers=2, dim=128, ffn=256, heads=4), spm_vocab=800,
+                   pre_updates=2000, ft_updates=400, max_tokens=2000)
+
 CONFIGS: Dict[str, DemoConfig] = {
-    "default": _config("default", ModelDims(layers=2, dim=128, ffn=256, heads=4), spm_vocab=800,
-                       pre_updates=2000, ft_updates=400, max_tokens=2000),
+    "default": _DEFAULT,
+    "study": replace(_DEFAULT, name="study", methods=PARAMETERISATION, study_seeds=(1, 2), shares_base_of="default"),
+    "pruning": replace(_DEFAULT, name="pruning", methods=(), study_seeds=(1, 2), shares_base_of="default"),
     "tiny": replace(_config("tiny", ModelDims(layers=2, dim=64, ffn=128, heads=2), spm_vocab=400,
-                            pre_updates=800, ft_updates=250, max_tokens=1500), study_seeds=(1,)),
+                            pre_updates=800, ft_updates=250, max_tokens=1500),
+                    methods=tuple(dict.fromkeys(COMPARISON + PARAMETERISATION)), study_seeds=(1,)),
 }
+
+
+def data_key(cfg: DemoConfig) -> Dict:
+    """What the generated text, SentencePiece model and binaries depend on."""
+    from dataclasses import asdict
+
+    return {"sizes": asdict(cfg.sizes), "spm_vocab": cfg.spm_vocab, "seed": cfg.seed,
+            "grammars": [asdict(g) for g in GRAMMARS]}
+
+
+def base_key(cfg: DemoConfig) -> Dict:
+    """What the pretrained base model depends on (data, model dimensions, pretraining)."""
+    from dataclasses import asdict
+
+    return {**data_key(cfg), "model": asdict(cfg.model), "pretrain": asdict(cfg.pretrain)}

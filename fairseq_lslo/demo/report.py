@@ -37,6 +37,9 @@ def study_summary(runs, bleu: Dict, counts: Dict, train_seconds: Dict) -> Dict:
                           "bleu": {"overall": bleu[r.name]["overall"], "groups": bleu[r.name]["groups"]},
                           "trainable_percent": counts[r.name]["trainable_percent"],
                           "nonzero_percent": counts[r.name]["nonzero_percent"],
+                          "nonzero": counts[r.name].get("nonzero"),
+                          "nonzero_groups": {g: c["nonzero_parameters"]
+                                             for g, c in (counts[r.name].get("groups") or {}).items()},
                           "train_seconds": train_seconds.get(r.name)})
     for m in methods.values():
         for stat, fn in (("mean", lambda v: sum(v) / len(v)), ("min", min), ("max", max)):
@@ -50,8 +53,8 @@ def study_summary(runs, bleu: Dict, counts: Dict, train_seconds: Dict) -> Dict:
 def study_markdown(study: Dict, groups: List[str]) -> List[str]:
     """The study's table (mean and min-max over the seeds) and the reference-minus-ours differences."""
     methods = study["methods"]
-    if not methods:
-        return []
+    if not any(m["preset"] == "paper" for m in methods.values()):
+        return []  # no reference-parameterisation run: nothing to compare
     n = len(study["seeds"])
     lines = [f"Parameterisation study: our parameterisation (`--lslo-preset ours`) and the reference's "
              f"(`--lslo-preset paper`), same data, updates and learning rate, {n} seed(s) each "
@@ -128,6 +131,9 @@ def write_json(path: str, summary: Dict) -> None:
 
 
 def plot_bleu(path: str, summary: Dict) -> None:
+    import logging
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # (before its import, which logs too)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -152,6 +158,9 @@ def plot_bleu(path: str, summary: Dict) -> None:
 
 def plot_sparsity(path: str, curve: List[Dict]) -> None:
     """``curve``: [{'update': n, 'groups': {group: sparsity}}, ...] of the pruning run."""
+    import logging
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # (before its import, which logs too)
     import matplotlib
 
     matplotlib.use("Agg")
