@@ -1,11 +1,11 @@
-"""The language-set files: the paper's Lang12, a balanced Lang30, readable by data_prep and --lslo-langs."""
+"""The language-set files: the paper's Lang12, a balanced Lang30, readable by lslo_data_prep and --lslo-langs."""
 import collections
 import os
 
-from data_prep.langsets import directions, read_langset
+from lslo_data_prep.langsets import directions, read_langset
 from fairseq_lslo.languages import LanguageInventory
 
-LANGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data_prep", "langs")
+LANGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lslo_data_prep", "langs")
 
 
 def test_lang12_is_the_papers():
