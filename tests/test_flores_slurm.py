@@ -117,9 +117,12 @@ def test_multinode_world_size_and_port(fakes):
     assert r.returncode == 0, r.stderr
     srun = read_args(fakes["log"] / "srun")
     assert srun[srun.index("--nodes") + 1] == "2" and srun[srun.index("--ntasks-per-node") + 1] == "4"
-    (py,) = glob.glob(str(fakes["log"] / "python.*"))
-    args = read_args(py)
-    assert args[:2] == ["-m", "fairseq_cli.train"]
+    calls = [read_args(p) for p in glob.glob(str(fakes["log"] / "python.*"))]
+    # besides training, train.sh sizes the run (the warmup) with the epoch estimate, run once
+    trains = [a for a in calls if a[:2] == ["-m", "fairseq_cli.train"]]
+    assert len(trains) == 1, calls
+    assert all(a[:2] == ["-m", "lslo_data_prep.epoch_size"] for a in calls if a not in trains), calls
+    args = trains[0]
     assert args[args.index("--distributed-world-size") + 1] == "8"
     assert args[args.index("--distributed-port") + 1] == str(20000 + 1234)
     assert args[args.index("--save-dir") + 1] == str(fakes["tmp"] / "ckpt")  # resumes from its checkpoint_last.pt
