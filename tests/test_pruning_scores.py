@@ -114,17 +114,22 @@ def kill_one_layer(model, owner_code):
                         getattr(module, f"B{r}")[row].mul_(1e-6)
 
 
-def test_dead_language_is_a_warning_at_the_mask_update_and_in_lslo_stats(monkeypatch, caplog, tmp_path, capsys):
-    model = TinyLSLo()  # rank structure, de at 0.99: its nearest count is every one of its 32 components
-    opt = build("plain", model, monkeypatch, lslo_sparsity="high:0.1,low:0.99", lslo_prune_start=1,
-                lslo_prune_end=1, lr=[0.0], lslo_prune_structure="rank")
-    pruner = find_pruner(opt)
+def first_step_warnings(opt, model, caplog) -> list:
+    """Take update 1 (zero gradients) and return the pruning optimizer's WARNING messages."""
     clock_of(model).before_step(0)
     for p in trainable_parameters(model):
         p.grad = torch.zeros_like(p)
     with caplog.at_level(logging.WARNING, logger="fairseq_lslo.optim.lslo_pruning"):
         opt.step()
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_dead_language_is_a_warning_at_the_mask_update_and_in_lslo_stats(monkeypatch, caplog, tmp_path, capsys):
+    model = TinyLSLo()  # rank structure, de at 0.99: its nearest count is every one of its 32 components
+    opt = build("plain", model, monkeypatch, lslo_sparsity="high:0.1,low:0.99", lslo_prune_start=1,
+                lslo_prune_end=1, lr=[0.0], lslo_prune_structure="rank")
+    pruner = find_pruner(opt)
+    warnings = first_step_warnings(opt, model, caplog)
     assert any("at update 1: language de carries no update any more: in every one of its 8 adapters" in w
                for w in warnings), warnings
     assert not any("language en" in w or "language fr" in w for w in warnings)
@@ -155,12 +160,7 @@ def test_dead_language_is_a_warning_at_the_mask_update_and_in_lslo_stats(monkeyp
     kill_one_layer(model, "en")
     opt = build("plain", model, monkeypatch, lslo_sparsity=f"high:{16 / 192},low:0.0", lslo_prune_start=1,
                 lslo_prune_end=1, lr=[0.0], lslo_prune_factors="B")
-    clock_of(model).before_step(0)
-    for p in trainable_parameters(model):
-        p.grad = torch.zeros_like(p)
-    with caplog.at_level(logging.WARNING, logger="fairseq_lslo.optim.lslo_pruning"):
-        opt.step()
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = first_step_warnings(opt, model, caplog)
     assert warnings == ["LSLo pruning at update 1: language en carries no update any more in 1 of its 8 adapters "
                         "(all of B or all of A pruned there): encoder.layers.0.fc2.lslo_src"], warnings
     opt.step()  # the next mask update does not repeat it

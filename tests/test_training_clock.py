@@ -1,10 +1,10 @@
 """The one channel from fairseq-train to pruning: the task's begin_epoch and optimizer_step drive the model's clock."""
-import argparse
 
 import pytest
 import torch
 
 from conftest import LSLO_FLAGS, build as build_task_and_model
+from test_pruning import args_for
 from fairseq import optim
 from fairseq_lslo.errors import LSLoConfigError
 from fairseq_lslo.modules.pruning import trainable_parameters
@@ -63,12 +63,8 @@ def test_listeners_are_weak_and_replaced_per_owner():
 
 
 def prune_args(**kw):
-    base = dict(lslo_sparsity="0.5", lslo_prune_start=0, lslo_prune_end=4, lslo_prune_unit="updates",
-                lslo_prune_duration=None, lslo_updates_per_epoch=None, lslo_prune_interval=2, lslo_prune_scope="language",
-                lslo_prune_factors="AB", lslo_inner_optimizer="adam", optimizer="lslo_pruning",
-                lr=[0.01], adam_betas="(0.9, 0.98)", adam_eps=1e-8, weight_decay=0.0, tpu=False)
-    base.update(kw)
-    return argparse.Namespace(**base)
+    """test_pruning's optimizer flags, with a short schedule (0.5 by update 4, masks every 2) and a small lr."""
+    return args_for(**{**dict(lslo_sparsity="0.5", lslo_prune_end=4, lslo_prune_interval=2, lr=[0.01]), **kw})
 
 
 def test_a_real_task_built_model_is_found_and_told_by_its_task(dict_dir):
